@@ -221,9 +221,15 @@ class TopicSpec:
                 values[m.group(1)] = part
         return values
 
-    def allows(self, action: Literal["publish", "subscribe"], role: str, *,
-               username: str | None = None, topic: str | None = None,
-               roles: Mapping[str, Role] | None = None) -> bool:
+    def allows(
+        self,
+        action: Literal["publish", "subscribe"],
+        role: str,
+        *,
+        username: str | None = None,
+        topic: str | None = None,
+        roles: Mapping[str, Role] | None = None,
+    ) -> bool:
         """Whether a user of `role` may publish/subscribe on `topic` of this declaration."""
         for grant in self.publish if action == "publish" else self.subscribe:
             if grant.role != role:
@@ -261,8 +267,13 @@ class _Namespace:
 class TopicTree:
     """Every declared topic under one root prefix."""
 
-    def __init__(self, root: str, roles: Mapping[str, Role], specs: Mapping[str, TopicSpec],
-                 path: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        roles: Mapping[str, Role],
+        specs: Mapping[str, TopicSpec],
+        path: str | None = None,
+    ) -> None:
         self.root = root
         self.roles: dict[str, Role] = dict(roles)
         self.specs: dict[str, TopicSpec] = dict(specs)
@@ -323,9 +334,18 @@ class TopicTree:
 
 def _rooted(spec: TopicSpec, root: str) -> TopicSpec:
     return TopicSpec(
-        name=spec.name, pattern=spec.pattern, params=spec.params, payload_ref=spec.payload_ref,
-        payload=spec.payload, qos=spec.qos, retain=spec.retain, publish=spec.publish,
-        subscribe=spec.subscribe, description=spec.description, root=root, _levels=spec._levels,
+        name=spec.name,
+        pattern=spec.pattern,
+        params=spec.params,
+        payload_ref=spec.payload_ref,
+        payload=spec.payload,
+        qos=spec.qos,
+        retain=spec.retain,
+        publish=spec.publish,
+        subscribe=spec.subscribe,
+        description=spec.description,
+        root=root,
+        _levels=spec._levels,
     )
 
 
@@ -354,15 +374,18 @@ def _import_model(ref: str, entry: str, path: str) -> type[BaseModel]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TopicsFileError(f"payload module {module_name!r} cannot be imported: {exc}",
-                              entry=entry, path=path) from exc
+        raise TopicsFileError(
+            f"payload module {module_name!r} cannot be imported: {exc}", entry=entry, path=path
+        ) from exc
     model = getattr(module, attr, None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise TopicsFileError(f"payload {ref!r} is not a pydantic model", entry=entry, path=path)
     return model
 
 
-def _grants(raw: Any, key: str, entry: str, path: str, roles: Mapping[str, Role]) -> tuple[Grant, ...]:
+def _grants(
+    raw: Any, key: str, entry: str, path: str, roles: Mapping[str, Role]
+) -> tuple[Grant, ...]:
     if not isinstance(raw, list):
         raise TopicsFileError(f"{key!r} must be a list of roles", entry=entry, path=path)
     out = []
@@ -371,11 +394,15 @@ def _grants(raw: Any, key: str, entry: str, path: str, roles: Mapping[str, Role]
             raise TopicsFileError(f"{key!r}: {item!r} is not a role", entry=entry, path=path)
         role, _, qualifier = item.partition(":")
         if role not in roles:
-            raise TopicsFileError(f"{key!r}: unknown role {role!r} (declared: {sorted(roles)})",
-                                  entry=entry, path=path)
+            raise TopicsFileError(
+                f"{key!r}: unknown role {role!r} (declared: {sorted(roles)})",
+                entry=entry,
+                path=path,
+            )
         if qualifier not in ("", "self"):
-            raise TopicsFileError(f"{key!r}: {item!r}: only ':self' may follow a role",
-                                  entry=entry, path=path)
+            raise TopicsFileError(
+                f"{key!r}: {item!r}: only ':self' may follow a role", entry=entry, path=path
+            )
         out.append(Grant(role, qualifier == "self"))
     return tuple(out)
 
@@ -421,27 +448,33 @@ def parse(document: Any, path: str = "topics.yaml", root: str | None = None) -> 
             raise TopicsFileError("declared twice", entry=label, path=path)
         pattern = raw["pattern"]
         if not isinstance(pattern, str) or pattern.startswith("/") or not pattern:
-            raise TopicsFileError("pattern must be a relative topic (no leading '/')",
-                                  entry=label, path=path)
+            raise TopicsFileError(
+                "pattern must be a relative topic (no leading '/')", entry=label, path=path
+            )
         levels = tuple(pattern.split("/"))
         params = []
         for level in levels:
             m = _PARAM_RE.match(level)
             if m:
                 if m.group(1) in params:
-                    raise TopicsFileError(f"parameter {m.group(1)!r} appears twice",
-                                          entry=label, path=path)
+                    raise TopicsFileError(
+                        f"parameter {m.group(1)!r} appears twice", entry=label, path=path
+                    )
                 params.append(m.group(1))
             elif not ID_RE.match(level):
-                raise TopicsFileError(f"level {level!r} must be [a-z0-9_-]+ or {{param}}",
-                                      entry=label, path=path)
+                raise TopicsFileError(
+                    f"level {level!r} must be [a-z0-9_-]+ or {{param}}", entry=label, path=path
+                )
         shape = "/".join("{}" if _PARAM_RE.match(lv) else lv for lv in levels)
         if shape in patterns:
-            raise TopicsFileError(f"pattern clashes with {patterns[shape]!r}", entry=label, path=path)
+            raise TopicsFileError(
+                f"pattern clashes with {patterns[shape]!r}", entry=label, path=path
+            )
         patterns[shape] = label
         if raw["qos"] not in (0, 1):
-            raise TopicsFileError("qos must be 0 or 1 (MQTT 3.1.1 brokers here offer no more)",
-                                  entry=label, path=path)
+            raise TopicsFileError(
+                "qos must be 0 or 1 (MQTT 3.1.1 brokers here offer no more)", entry=label, path=path
+            )
         if not isinstance(raw["retain"], bool):
             raise TopicsFileError("retain must be true or false", entry=label, path=path)
         if not isinstance(raw["description"], str) or not raw["description"].strip():
@@ -456,12 +489,22 @@ def parse(document: Any, path: str = "topics.yaml", root: str | None = None) -> 
                 if sp is None or sp not in params:
                     raise TopicsFileError(
                         f"'{grant}' needs the pattern to have the role's self parameter {{{sp}}}",
-                        entry=label, path=path)
+                        entry=label,
+                        path=path,
+                    )
         specs[label] = TopicSpec(
-            name=label, pattern=pattern, params=tuple(params), payload_ref=raw["payload"],
-            payload=_import_model(raw["payload"], label, path), qos=QoS(raw["qos"]),
-            retain=raw["retain"], publish=publish, subscribe=subscribe,
-            description=" ".join(raw["description"].split()), root=root, _levels=levels,
+            name=label,
+            pattern=pattern,
+            params=tuple(params),
+            payload_ref=raw["payload"],
+            payload=_import_model(raw["payload"], label, path),
+            qos=QoS(raw["qos"]),
+            retain=raw["retain"],
+            publish=publish,
+            subscribe=subscribe,
+            description=" ".join(raw["description"].split()),
+            root=root,
+            _levels=levels,
         )
     return TopicTree(root, roles, specs, path)
 

@@ -1,0 +1,157 @@
+"""A batching publisher for high-rate streams: many records per MQTT message, columnar.
+
+    async with bus.batcher(bus.topics.probe.stream(id="drones"), fields=("id", "x", "y")) as b:
+        b.add(("d1", 1.0, 2.0))          # never blocks; flushes by size or latency bound
+        await b.add_async(record)        # same, but waits while the bus applies backpressure
+
+A batch is flushed when the next record would take the encoded message past the broker's
+packet limit (the size is tracked as records are added, so no message is ever refused), when it
+holds `max_records`, or `max_delay` seconds after its first record: whichever comes first.
+On the wire a batch is the `Batch` payload: `{"n": 3, "columns": {"id": [...], "x": [...]}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from bus.errors import BusError, PacketTooLarge, TopicError
+from bus.transport import packets
+
+if TYPE_CHECKING:
+    from bus.client import Bus
+    from bus.topics import Topic
+
+__all__ = ["BatchPublisher"]
+
+_ENVELOPE_ALLOWANCE = 160  # id, sender, ts, v and the JSON punctuation around the columns
+
+
+class BatchPublisher:
+    """Accumulates records and publishes them as columnar batches."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        topic: Topic,
+        fields: Sequence[str],
+        *,
+        max_delay: float = 0.005,
+        max_records: int = 100_000,
+        max_bytes: int | None = None,
+    ) -> None:
+        if topic.spec.payload.__name__ != "Batch":
+            raise TopicError(f"{topic.spec.name} does not carry Batch payloads", topic=topic)
+        if topic.is_filter:
+            raise TopicError(f"cannot publish to the filter {topic!r}", topic=topic)
+        self.bus = bus
+        self.topic = topic
+        self.fields = tuple(fields)
+        self.max_delay = max_delay
+        self.max_records = max_records
+        limit = bus.settings.max_packet_size
+        overhead = packets.publish_size(str(topic).encode(), b"", int(topic.spec.qos))
+        self.max_bytes = min(max_bytes or limit, limit) - overhead - _ENVELOPE_ALLOWANCE
+        self.max_bytes -= len(bus.client_id) + sum(len(f) + 6 for f in self.fields)
+        if self.max_bytes < 64:
+            raise PacketTooLarge(limit - self.max_bytes, limit, topic=topic)
+        self._columns: list[list[Any]] = [[] for _ in self.fields]
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+        self.batches = 0
+        self.records = 0
+
+    def _record_size(self, record: Sequence[Any]) -> int:
+        # bytes the record adds to the JSON columns: each value plus its comma
+        return len(orjson.dumps(record)) - 2 + 1
+
+    def add(self, record: Sequence[Any]) -> None:
+        """Add one record (a tuple in `fields` order)."""
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if len(record) != len(self.fields):
+            raise ValueError(f"expected {len(self.fields)} values {self.fields}, got {len(record)}")
+        size = self._record_size(record)
+        if size > self.max_bytes:
+            raise PacketTooLarge(size, self.max_bytes, topic=self.topic)
+        if self._size + size > self.max_bytes:
+            self._flush_now()
+        for column, value in zip(self._columns, record, strict=True):
+            column.append(value)
+        self._size += size
+        n = len(self._columns[0])
+        if n >= self.max_records:
+            self._flush_now()
+        elif n == 1 and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._flush_now)
+
+    def add_many(self, records: Sequence[Sequence[Any]]) -> None:
+        for record in records:
+            self.add(record)
+
+    async def add_async(self, record: Sequence[Any]) -> None:
+        """Add a record, waiting while earlier batches are still being handed to the bus."""
+        self.add(record)
+        if len(self._pending) > 4:
+            await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+
+    def _take(self) -> bytes | None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        n = len(self._columns[0])
+        if n == 0:
+            return None
+        body = {"n": n, "columns": dict(zip(self.fields, self._columns, strict=True))}
+        data = self.bus.encode(body)
+        self._columns = [[] for _ in self.fields]
+        self._size = 0
+        self.batches += 1
+        self.records += n
+        return data
+
+    def _flush_now(self) -> None:
+        data = self._take()
+        if data is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(data))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, data: bytes) -> None:
+        spec = self.topic.spec
+        try:
+            await self.bus.publish_bytes(str(self.topic), data, int(spec.qos), spec.retain)
+        except BusError as exc:
+            self._error = exc
+
+    async def flush(self) -> None:
+        """Publish what is buffered and wait until every batch was handed to the bus."""
+        data = self._take()
+        if data is not None:
+            await self._send(data)
+        while self._pending:
+            await asyncio.gather(*list(self._pending))
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    async def __aenter__(self) -> BatchPublisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(BusError):
+            await self.flush()
+
+
+def rows(message_payload: Any) -> list[tuple[Any, ...]]:
+    """The records of a received Batch payload, as tuples in column order."""
+    columns = message_payload.columns
+    return list(zip(*columns.values(), strict=True)) if columns else []

@@ -1,0 +1,624 @@
+"""`Bus`: the connection every component and Python agent uses.
+
+    async with Bus(settings, kind="health") as bus:
+        async for msg in bus.subscribe(bus.topics.component.heartbeat(kind="+", id="+")):
+            ...
+        await bus.publish(bus.topics.health(), summary)
+
+The bus keeps one MQTT connection alive: it reconnects with jittered exponential backoff,
+resubscribes when the broker lost the session, and resends every QoS 1 message the broker had
+not acknowledged. Incoming messages wait in a bounded buffer; when it is full the bus stops
+reading the socket (the broker holds the rest) instead of dropping anything it acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from bus import codecs, payloads
+from bus.batching import BatchPublisher
+from bus.errors import (
+    BusError,
+    ConnectionFailed,
+    NotConnected,
+    PacketTooLarge,
+    PayloadError,
+    TopicError,
+)
+from bus.metrics import ClientMetrics
+from bus.settings import BusSettings
+from bus.topics import Topic, TopicSpec, TopicTree, load, matches, validate_filter, validate_topic
+from bus.transport import packets
+from bus.transport.base import Connection, ConnectParams, Incoming, Transport, Will
+from bus.transport.mqtt import MqttTransport
+
+log = logging.getLogger("mapleverse.bus")
+
+M = TypeVar("M", bound=BaseModel)
+WillFactory = Callable[[], tuple[Topic, BaseModel] | None]
+ConnectHook = Callable[[bool], Awaitable[None]]
+
+_DLQ_PREVIEW = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Generic[M]):
+    """A received message: the validated payload, its envelope and where it came from."""
+
+    topic: str
+    payload: M
+    envelope: codecs.Envelope
+    spec: TopicSpec | None
+    qos: int
+    retain: bool
+    raw: bytes = field(repr=False)
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The topic's parameters, e.g. {'kind': 'health', 'id': 'main'}."""
+        return (self.spec.parse(self.topic) if self.spec else None) or {}
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    topic: bytes
+    payload: bytes
+    retain: bool
+    sent: float
+    done: asyncio.Future[None] | None
+
+
+class Subscription:
+    """Messages on one filter: `async for msg in sub`, or `await` it to be sure it is active."""
+
+    def __init__(
+        self, bus: Bus, topic_filter: str, spec: TopicSpec | None, qos: int, maxsize: int
+    ) -> None:
+        self.bus = bus
+        self.filter = topic_filter
+        self.spec = spec
+        self.qos = qos
+        self.queue: asyncio.Queue[Message[Any] | BaseException] = asyncio.Queue(maxsize)
+        self.active = False
+        self.closed = False
+        self.error: BaseException | None = None
+
+    async def start(self) -> Subscription:
+        if not self.active:
+            await self.bus._add_subscription(self)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Subscription]:
+        return self.start().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Message[Any]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message[Any]]:
+        await self.start()
+        try:
+            while True:
+                yield await self.get()
+        finally:
+            await self.close()
+
+    async def get(self, timeout: float | None = None) -> Message[Any]:
+        """The next message (TimeoutError after `timeout` seconds)."""
+        await self.start()
+        if self.error is not None and self.queue.empty():
+            raise self.error
+        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: get() raises once drained
+            self.queue.put_nowait(error)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.bus._remove_subscription(self)
+
+    async def __aenter__(self) -> Subscription:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Bus:
+    """A live, self-healing connection to the broker with typed topics and payloads."""
+
+    def __init__(
+        self,
+        settings: BusSettings | None = None,
+        *,
+        kind: str = "client",
+        transport: Transport | None = None,
+        topics: TopicTree | None = None,
+        will: WillFactory | None = None,
+        on_connect: ConnectHook | None = None,
+    ) -> None:
+        self.settings = settings or BusSettings()
+        s = self.settings
+        self.kind = kind
+        self.client_id = s.client_id or s.username or f"{kind}-{random.getrandbits(40):010x}"
+        self.topics = (
+            (topics or load()).with_root(s.root)
+            if (topics is None or topics.root != s.root)
+            else topics
+        )
+        self.transport = transport or MqttTransport()
+        self._will = will
+        self._on_connect = on_connect
+        self._ids = codecs.IdGenerator()
+        self.metrics = ClientMetrics(self.client_id)
+        self._conn: Connection | None = None
+        self._generation = 0
+        self.connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._first_error: BaseException | None = None
+        self._first_attempt = asyncio.Event()
+        # outgoing QoS 1, by packet id, in send order
+        self._inflight: dict[int, _Outgoing] = {}
+        self._next_pid = 0
+        self._window = asyncio.Event()
+        self._window.set()
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
+        # incoming
+        self._incoming: deque[Incoming] = deque()
+        self._incoming_ready = asyncio.Event()
+        self._reading_paused = False
+        self._subs: list[Subscription] = []
+        self._filter_refs: dict[str, int] = {}
+        self._pending: dict[str, asyncio.Future[Message[Any]]] = {}
+        self._reply_sub: Subscription | None = None
+        self.connections = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def __aenter__(self) -> Bus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect. With `wait`, return once connected, or raise the first attempt's error."""
+        self._dispatcher = asyncio.create_task(
+            self._dispatch(), name=f"bus-dispatch-{self.client_id}"
+        )
+        self._runner = asyncio.create_task(self._run(), name=f"bus-connect-{self.client_id}")
+        if wait:
+            await self._first_attempt.wait()
+            if self._first_error is not None and not self.connected.is_set():
+                err = self._first_error
+                await self.close()
+                raise err
+
+    async def close(self, *, flush_timeout: float = 2.0) -> None:
+        """Wait (bounded) for QoS 1 acknowledgements, then disconnect cleanly (no Will)."""
+        if self._closing:
+            return
+        if self._inflight and self.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                await self.flush(flush_timeout)
+        self._closing = True
+        for task in (self._runner, self._dispatcher):
+            if task is not None:
+                task.cancel()
+        for task in (self._runner, self._dispatcher):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+        self.connected.clear()
+        for sub in self._subs:
+            sub._fail(NotConnected("bus closed"))
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(NotConnected("bus closed"))
+
+    def abort(self) -> None:
+        """Drop the connection as a crash would (the broker publishes the Will); it reconnects."""
+        if self._conn is not None:
+            self._conn.abort()
+
+    @property
+    def connection(self) -> Connection | None:
+        return self._conn
+
+    async def _run(self) -> None:
+        s = self.settings
+        delay = s.reconnect_min
+        while not self._closing:
+            try:
+                await self._connect_once()
+            except ConnectionFailed as exc:
+                if not self._first_attempt.is_set():
+                    self._first_error = exc
+                    self._first_attempt.set()
+                if exc.code in (4, 5):  # bad credentials / not authorised: retrying won't help soon
+                    log.error("%s: %s", self.client_id, exc)
+                else:
+                    log.warning("%s: %s; retrying in %.2fs", self.client_id, exc, delay)
+                await asyncio.sleep(random.uniform(delay / 2, delay))  # jittered backoff
+                delay = min(delay * 2, s.reconnect_max)
+                continue
+            delay = s.reconnect_min
+            self._first_attempt.set()
+            await self._lost.wait()
+            self._lost.clear()
+            self.connected.clear()
+            self._conn = None
+            if not self._closing:
+                self.metrics.reconnects.inc()
+                log.warning("%s: connection lost; reconnecting", self.client_id)
+
+    async def _connect_once(self) -> None:
+        s = self.settings
+        will = None
+        if self._will is not None:
+            made = self._will()
+            if made is not None:
+                topic, model = made
+                will = Will(str(topic), self.encode(model), int(topic.spec.qos), topic.spec.retain)
+        self._generation += 1
+        generation = self._generation
+        params = ConnectParams(
+            host=s.host,
+            port=s.port,
+            client_id=self.client_id,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            clean_session=s.clean_session,
+            keepalive=s.keepalive,
+            will=will,
+            connect_timeout=s.connect_timeout,
+        )
+        conn = await self.transport.connect(params, _Sink(self, generation))
+        self._conn = conn
+        self.connections += 1
+        self._reading_paused = False
+        try:
+            if not conn.session_present or s.clean_session:
+                filters = sorted(self._filter_refs.items())
+                if filters:
+                    granted = await conn.subscribe(
+                        [
+                            (f, max(sub.qos for sub in self._subs if sub.filter == f))
+                            for f, _ in filters
+                        ]
+                    )
+                    for (f, _), g in zip(filters, granted, strict=False):
+                        if g == 0x80:
+                            log.error("%s: broker refused subscription to %s", self.client_id, f)
+            for pid, out in list(self._inflight.items()):  # resend what was not acknowledged
+                conn.write_publish(out.topic, out.payload, 1, out.retain, pid, True)
+        except NotConnected:
+            return  # lost again at once; _run goes round
+        self.connected.set()
+        if self._on_connect is not None:
+            try:
+                await self._on_connect(self.connections > 1)
+            except BusError as exc:
+                log.warning("%s: on-connect hook failed: %s", self.client_id, exc)
+
+    def _on_lost(self, generation: int, exc: BaseException | None) -> None:
+        if generation == self._generation:
+            self.connected.clear()
+            self._lost.set()
+
+    # -- publishing -------------------------------------------------------------------------------
+    def encode(
+        self,
+        model: BaseModel | dict[str, Any],
+        *,
+        corr: str | None = None,
+        reply: str | None = None,
+        trace: str | None = None,
+    ) -> bytes:
+        """`model` in an envelope from this client."""
+        return codecs.encode(
+            model, id=self._ids(), sender=self.client_id, corr=corr, reply=reply, trace=trace
+        )
+
+    def _spec_of(self, topic: str) -> TopicSpec:
+        spec = topic.spec if isinstance(topic, Topic) else self.topics.resolve(topic)
+        if spec is None:
+            raise TopicError(f"{topic!r} is not declared in topics.yaml", topic=topic)
+        if spec.root != self.topics.root:
+            raise TopicError(
+                f"{topic!r} is outside this bus's root {self.topics.root!r}", topic=topic
+            )
+        return spec
+
+    async def publish(
+        self,
+        topic: Topic | str,
+        payload: BaseModel,
+        *,
+        corr: str | None = None,
+        reply: str | None = None,
+        trace: str | None = None,
+        wait: bool = False,
+    ) -> None:
+        """Publish with the QoS and retain declared for the topic.
+
+        QoS 1 returns once the message is in the in-flight window (the bus resends it until the
+        broker acknowledges it, across reconnects); `wait=True` waits for the acknowledgement.
+        """
+        spec = self._spec_of(topic)
+        if isinstance(topic, Topic) and topic.is_filter:
+            raise TopicError(f"cannot publish to the filter {topic!r}", topic=topic)
+        if not isinstance(payload, spec.payload):
+            raise TopicError(
+                f"{spec.name} carries {spec.payload.__name__}, not {type(payload).__name__}",
+                topic=topic,
+            )
+        data = self.encode(payload, corr=corr, reply=reply, trace=trace)
+        await self.publish_bytes(str(topic), data, int(spec.qos), spec.retain, wait=wait)
+
+    async def clear_retained(self, topic: Topic | str) -> None:
+        """Remove the retained message of a topic (an empty retained publish)."""
+        spec = self._spec_of(topic)
+        await self.publish_bytes(str(topic), b"", int(spec.qos), True)
+
+    async def publish_bytes(
+        self, topic: str, data: bytes, qos: int, retain: bool, *, wait: bool = False
+    ) -> None:
+        """Publish an already encoded payload (the batching publisher and the DLQ use this)."""
+        validate_topic(topic)
+        btopic = topic.encode()
+        size = packets.publish_size(btopic, data, qos)
+        if size > self.settings.max_packet_size:
+            raise PacketTooLarge(size, self.settings.max_packet_size, topic=topic)
+        if self._closing:
+            raise NotConnected("bus closed")
+        if qos == 0:
+            conn = self._conn
+            if conn is None:
+                raise NotConnected(f"{self.client_id} is not connected; QoS 0 message dropped")
+            if conn.write_paused:
+                await conn.drain()
+            conn.write_publish(btopic, data, 0, retain, 0, False)
+            self.metrics.published.inc()
+            return
+        while len(self._inflight) >= self.settings.max_inflight:
+            self._window.clear()
+            await self._window.wait()
+        pid = self._pid()
+        done = asyncio.get_running_loop().create_future() if wait else None
+        self._inflight[pid] = _Outgoing(btopic, data, retain, time.perf_counter(), done)
+        self._all_acked.clear()
+        conn = self._conn
+        if conn is not None:
+            if conn.write_paused:
+                await conn.drain()
+            conn.write_publish(btopic, data, 1, retain, pid, False)
+        self.metrics.published.inc()
+        if done is not None:
+            await done
+
+    def _pid(self) -> int:
+        for _ in range(49151):
+            self._next_pid = self._next_pid % 49151 + 1
+            if self._next_pid not in self._inflight:
+                return self._next_pid
+        raise BusError("no free packet id")  # pragma: no cover - max_inflight < 49151
+
+    def _on_acked(self, pid: int) -> None:
+        out = self._inflight.pop(pid, None)
+        if out is None:
+            return
+        self.metrics.publish_latency.observe(time.perf_counter() - out.sent)
+        if out.done is not None and not out.done.done():
+            out.done.set_result(None)
+        if not self._window.is_set() and len(self._inflight) < self.settings.max_inflight:
+            self._window.set()
+        if not self._inflight:
+            self._all_acked.set()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker acknowledged every QoS 1 message sent so far."""
+        await asyncio.wait_for(self._all_acked.wait(), timeout)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- subscribing -------------------------------------------------------------------------------
+    def subscribe(self, topic_filter: Topic | str, *, maxsize: int | None = None) -> Subscription:
+        """Messages matching `topic_filter`; payloads validated against the declared model."""
+        validate_filter(str(topic_filter))
+        spec = topic_filter.spec if isinstance(topic_filter, Topic) else None
+        if spec is not None and spec.root != self.topics.root:
+            raise TopicError(f"{topic_filter!r} is outside this bus's root", topic=topic_filter)
+        qos = int(spec.qos) if spec else 1
+        size = maxsize or self.settings.queue_size
+        return Subscription(self, str(topic_filter), spec, qos, size)
+
+    async def _add_subscription(self, sub: Subscription) -> None:
+        sub.active = True
+        self._subs.append(sub)
+        self._filter_refs[sub.filter] = self._filter_refs.get(sub.filter, 0) + 1
+        conn = self._conn
+        if conn is None:
+            return  # subscribed on (re)connection
+        try:
+            granted = await conn.subscribe([(sub.filter, sub.qos)])
+        except NotConnected:
+            return
+        if granted and granted[0] == 0x80:
+            await self._remove_subscription(sub)
+            raise TopicError(
+                f"the broker refused the subscription to {sub.filter}", topic=sub.filter
+            )
+
+    async def _remove_subscription(self, sub: Subscription) -> None:
+        if sub not in self._subs:
+            return
+        self._subs.remove(sub)
+        refs = self._filter_refs.get(sub.filter, 0) - 1
+        if refs > 0:
+            self._filter_refs[sub.filter] = refs
+            return
+        self._filter_refs.pop(sub.filter, None)
+        conn = self._conn
+        if conn is not None and not self._closing:
+            with contextlib.suppress(NotConnected):
+                await conn.unsubscribe([sub.filter])
+
+    def _deliver(self, message: Incoming) -> None:
+        self._incoming.append(message)
+        if len(self._incoming) >= self.settings.queue_size and not self._reading_paused:
+            self._reading_paused = True
+            if self._conn is not None:
+                self._conn.pause_reading()
+        self._incoming_ready.set()
+
+    async def _dispatch(self) -> None:
+        incoming = self._incoming
+        low_water = max(1, self.settings.queue_size // 2)
+        while True:
+            if not incoming:
+                self._incoming_ready.clear()
+                self.metrics.queue_depth.set(0)
+                await self._incoming_ready.wait()
+                continue
+            item = incoming.popleft()
+            if self._reading_paused and len(incoming) <= low_water:
+                self._reading_paused = False
+                if self._conn is not None:
+                    self._conn.resume_reading()
+            self.metrics.received.inc()
+            await self._route(item)
+
+    async def _route(self, item: Incoming) -> None:
+        targets = [s for s in self._subs if matches(s.filter, item.topic)]
+        spec: TopicSpec | None = None
+        for sub in targets:
+            if sub.spec is not None and sub.spec.parse(item.topic) is not None:
+                spec = sub.spec
+                break
+        else:
+            spec = self.topics.resolve(item.topic)
+        if not item.payload:
+            return  # a cleared retained message carries nothing
+        try:
+            env, payload = codecs.decode(item.payload, spec.payload if spec else None)
+        except PayloadError as exc:
+            await self._reject(item, exc.reason)
+            return
+        msg: Message[Any] = Message(
+            item.topic, payload, env, spec, item.qos, item.retain, item.payload
+        )
+        if env.corr is not None and env.corr in self._pending:
+            fut = self._pending.pop(env.corr)
+            if not fut.done():
+                fut.set_result(msg)
+        for sub in targets:
+            if sub is not self._reply_sub:  # replies are handed to their requests above
+                await sub.queue.put(msg)
+
+    async def _reject(self, item: Incoming, reason: str) -> None:
+        self.metrics.rejected.inc()
+        log.warning("%s: rejected payload on %s: %s", self.client_id, item.topic, reason)
+        dlq = self.topics.dlq
+        if dlq.parse(item.topic) is not None:
+            return  # never dead-letter a dead letter
+        letter = payloads.DeadLetter(
+            component=self.client_id,
+            topic=item.topic,
+            reason=reason,
+            payload=item.payload[:_DLQ_PREVIEW].decode("utf-8", "replace"),
+            size=len(item.payload),
+        )
+        try:
+            await self.publish(dlq(kind=self.kind), letter)
+            self.metrics.dead_lettered.inc()
+        except BusError as exc:
+            log.error("%s: cannot dead-letter: %s", self.client_id, exc)
+
+    def batcher(self, topic: Topic, fields: Sequence[str], **options: Any) -> BatchPublisher:
+        """A batching publisher for a high-rate stream topic (see bus.batching)."""
+        return BatchPublisher(self, topic, fields, **options)
+
+    # -- request / reply -------------------------------------------------------------------------
+    @property
+    def reply_topic(self) -> Topic:
+        return self.topics["rpc.reply"].build(client=self.client_id)
+
+    async def request(
+        self, topic: Topic | str, payload: BaseModel, *, timeout: float | None = None
+    ) -> Message[payloads.RpcReply]:
+        """Send a request and wait for the reply (RequestTimeout after `timeout` seconds)."""
+        from bus.errors import RequestTimeout
+
+        if self._reply_sub is None:
+            self._reply_sub = await self.subscribe(self.reply_topic)
+        corr = self._ids()
+        fut: asyncio.Future[Message[Any]] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = fut
+        limit = timeout or self.settings.request_timeout
+        try:
+            await self.publish(topic, payload, corr=corr, reply=str(self.reply_topic))
+            return await asyncio.wait_for(fut, limit)
+        except TimeoutError:
+            raise RequestTimeout(str(topic), limit) from None
+        finally:
+            self._pending.pop(corr, None)
+
+    async def reply(self, request: Message[Any], payload: payloads.RpcReply) -> None:
+        """Answer a request on the reply topic it named.
+
+        The reply's correlation id is the request's `corr`, or its `id` when it has none.
+        """
+        target = request.envelope.reply
+        if not target:
+            raise BusError(f"the request on {request.topic} named no reply topic")
+        spec = self.topics.rpc.reply
+        if spec.parse(target) is None:
+            raise TopicError(f"reply topic {target!r} is not an rpc.reply topic", topic=target)
+        env = request.envelope
+        data = self.encode(payload, corr=env.corr or env.id, trace=env.trace)
+        await self.publish_bytes(target, data, int(spec.qos), spec.retain)
+
+
+class _Sink:
+    """Connection events for one generation of the connection (older ones are ignored)."""
+
+    __slots__ = ("bus", "generation")
+
+    def __init__(self, bus: Bus, generation: int) -> None:
+        self.bus = bus
+        self.generation = generation
+
+    def deliver(self, message: Incoming) -> None:
+        if self.generation == self.bus._generation:
+            self.bus._deliver(message)
+
+    def acked(self, pid: int) -> None:
+        self.bus._on_acked(pid)
+
+    def lost(self, exc: BaseException | None) -> None:
+        self.bus._on_lost(self.generation, exc)

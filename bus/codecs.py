@@ -1,0 +1,121 @@
+"""The envelope and the one codec: orjson outside, pydantic models at the edges.
+
+Every Mapleverse payload is a JSON object, the envelope, with the model under `data`::
+
+    {"id": "4f1c2a9e-1f", "sender": "health-main", "ts": 1764038400.123, "v": 1,
+     "corr": "...", "reply": "mv/rpc/reply/cli-1", "trace": "...", "data": {...}}
+
+`corr`, `reply` and `trace` are left out when empty. Everything a message needs travels in the
+payload, so it works on MQTT 3.1.1 brokers (amqtt, NATS) as well as on MQTT 5 ones. A payload
+without the envelope (a JSON object lacking `v` and `data`) is accepted as bare `data`, so a
+device or a script with a plain MQTT client can publish the model alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from bus.errors import PayloadError
+
+SCHEMA_VERSION = 1
+
+__all__ = ["SCHEMA_VERSION", "Envelope", "IdGenerator", "decode", "encode", "encode_data"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    sender: str
+    ts: float
+    v: int = SCHEMA_VERSION
+    corr: str | None = None
+    reply: str | None = None
+    trace: str | None = None
+
+
+class IdGenerator:
+    """Message ids unique across processes: a random prefix and a counter (cheaper than uuid4)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex() + "-"
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
+
+
+def encode_data(data: BaseModel | dict[str, Any]) -> bytes:
+    if isinstance(data, BaseModel):
+        return data.__pydantic_serializer__.to_json(data)
+    return orjson.dumps(data)
+
+
+def encode(
+    data: BaseModel | dict[str, Any],
+    *,
+    id: str,
+    sender: str,
+    ts: float | None = None,
+    corr: str | None = None,
+    reply: str | None = None,
+    trace: str | None = None,
+) -> bytes:
+    """The envelope around `data`, as bytes."""
+    head: dict[str, Any] = {
+        "id": id,
+        "sender": sender,
+        "ts": time.time() if ts is None else ts,
+        "v": SCHEMA_VERSION,
+    }
+    if corr is not None:
+        head["corr"] = corr
+    if reply is not None:
+        head["reply"] = reply
+    if trace is not None:
+        head["trace"] = trace
+    return orjson.dumps(head)[:-1] + b',"data":' + encode_data(data) + b"}"
+
+
+def decode(raw: bytes, model: type[BaseModel] | None) -> tuple[Envelope, BaseModel | Any]:
+    """Split and validate a payload; raises PayloadError with the reason."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise PayloadError(f"expected a JSON object, got {type(obj).__name__}")
+    if "data" in obj and "v" in obj:
+        try:
+            env = Envelope(
+                id=str(obj.get("id", "")),
+                sender=str(obj.get("sender", "")),
+                ts=float(obj.get("ts", 0.0)),
+                v=int(obj["v"]),
+                corr=obj.get("corr"),
+                reply=obj.get("reply"),
+                trace=obj.get("trace"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"bad envelope: {exc}") from exc
+        if env.v > SCHEMA_VERSION:
+            raise PayloadError(f"schema version {env.v} is newer than {SCHEMA_VERSION}")
+        data = obj["data"]
+    else:
+        env = Envelope(id="", sender="", ts=time.time())
+        data = obj
+    if model is None:
+        return env, data
+    try:
+        return env, model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise PayloadError(f"{model.__name__}.{where}: {first.get('msg')}{more}") from exc
