@@ -18,16 +18,18 @@ field order (the model's) is kept.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import inspect
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from bus.codecs import SCHEMA_VERSION
 from bus.errors import TopicsFileError
 from bus.topics import Grant, QoS, TopicSpec, TopicTree
 
@@ -57,15 +59,22 @@ _WRAP = 92  # columns of Markdown text in the YAML literal blocks
 ENVELOPE_SCHEMA: dict[str, Any] = {
     "title": _ENVELOPE,
     "description": (
-        "The envelope of every Mapleverse message. Everything a message needs travels here "
-        "rather than in MQTT 5 properties, so it works on MQTT 3.1.1 brokers."
+        "The envelope of every Mapleverse message (bus.codecs). Everything a message needs "
+        "travels here rather than in MQTT 5 properties, so it works on MQTT 3.1.1 brokers. "
+        "`corr`, `reply` and `trace` are left out when empty. Components always send the "
+        "envelope; for plain MQTT clients they also accept the bare payload (the model alone)."
     ),
     "type": "object",
     "properties": {
         "id": {"type": "string", "minLength": 1, "description": "Unique id of this message."},
         "sender": {"type": "string", "description": "Id of the client that sent it."},
         "ts": {"type": "number", "description": "Send time, seconds since the Unix epoch."},
-        "v": {"type": "integer", "minimum": 1, "description": "Schema version; 1 today."},
+        "v": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": SCHEMA_VERSION,
+            "description": "Schema version; a receiver rejects a newer one than it knows.",
+        },
         "corr": {
             "type": _NULLABLE_STRING,
             "default": None,
@@ -250,7 +259,7 @@ def _server(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _payload_schemas(
-    tree: TopicTree, specs: Iterable[TopicSpec]
+    tree: TopicTree, specs: Sequence[TopicSpec]
 ) -> tuple[dict[str, Any], dict[type[BaseModel], str]]:
     """components/schemas (Envelope and every model, `$defs` hoisted) and each model's name."""
     models = sorted({s.payload for s in specs}, key=lambda m: (m.__module__, m.__qualname__))
@@ -267,7 +276,7 @@ def _payload_schemas(
             entry=users[0],
             path=tree.path,
         )
-    hoisted[_ENVELOPE] = ENVELOPE_SCHEMA
+    hoisted[_ENVELOPE] = copy.deepcopy(ENVELOPE_SCHEMA)  # callers may edit the document
     return dict(sorted(hoisted.items())), names
 
 
