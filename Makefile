@@ -1,0 +1,73 @@
+# Mapleverse: `make run` starts the platform, `make test` runs the whole suite.
+# Both do all of their own set-up on a fresh clone (virtualenv, packages, test services).
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+NODE_STAMP := tests/node/node_modules/.installed-$(shell cat tests/node/package-lock.json | sha1sum | cut -c1-12)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test test-fast lint format generate bench services clean help
+
+help:
+	@echo "make run       start the embedded broker and the default components (mapleverse up)"
+	@echo "make test      install everything needed and run lint + the whole test suite"
+	@echo "make test-fast the suite without chaos tests"
+	@echo "make lint      ruff check, ruff format --check, mypy strict"
+	@echo "make generate  rewrite the files generated from topics.yaml"
+	@echo "make bench     run the benchmarks (benchmarks/)"
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+run: $(STAMP)
+	$(BIN)/mapleverse up
+
+# What the suite needs beyond Python: a mosquitto binary (the tests start their own broker
+# from mosquitto/ on a free port), nats-server (the clustered-broker contract tier) and Node
+# for the official AsyncAPI parser. Installed when missing and we are root (or have sudo);
+# otherwise the tier is skipped with its reason, or fails when CI=true.
+services:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "could not install$$missing: those test tiers will be skipped (or fail with CI=true)"; \
+	fi
+	@if command -v npm >/dev/null && [ ! -f $(NODE_STAMP) ]; then \
+	  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) services lint
+	PATH="$$PATH:/usr/sbin" $(BIN)/pytest
+
+test-fast: $(STAMP) services
+	PATH="$$PATH:/usr/sbin" $(BIN)/pytest -m "not chaos and not slow"
+
+generate: $(STAMP)
+	$(BIN)/mapleverse topics generate
+
+bench: $(STAMP) services
+	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/bus_throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules
