@@ -20,7 +20,7 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -51,17 +51,31 @@ ConnectHook = Callable[[bool], Awaitable[None]]
 _DLQ_PREVIEW = 2048
 
 
-@dataclass(frozen=True, slots=True)
 class Message(Generic[M]):
     """A received message: the validated payload, its envelope and where it came from."""
 
-    topic: str
-    payload: M
-    envelope: codecs.Envelope
-    spec: TopicSpec | None
-    qos: int
-    retain: bool
-    raw: bytes = field(repr=False)
+    __slots__ = ("envelope", "payload", "qos", "raw", "retain", "spec", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: M,
+        envelope: codecs.Envelope,
+        spec: TopicSpec | None,
+        qos: int,
+        retain: bool,
+        raw: bytes,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.envelope = envelope
+        self.spec = spec
+        self.qos = qos
+        self.retain = retain
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, {self.payload!r}, retain={self.retain})"
 
     @property
     def params(self) -> dict[str, str]:
@@ -514,14 +528,16 @@ class Bus:
             await self._route(item)
 
     async def _route(self, item: Incoming) -> None:
-        targets = [s for s in self._subs if matches(s.filter, item.topic)]
+        topic = item.topic
+        targets = [s for s in self._subs if matches(s.filter, topic)]
         spec: TopicSpec | None = None
         for sub in targets:
-            if sub.spec is not None and sub.spec.parse(item.topic) is not None:
+            # a filter built from a declaration matches only topics of that declaration
+            if sub.spec is not None:
                 spec = sub.spec
                 break
         else:
-            spec = self.topics.resolve(item.topic)
+            spec = self.topics.resolve(topic)
         if not item.payload:
             return  # a cleared retained message carries nothing
         try:

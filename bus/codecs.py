@@ -16,8 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -29,8 +28,9 @@ SCHEMA_VERSION = 1
 __all__ = ["SCHEMA_VERSION", "Envelope", "IdGenerator", "decode", "encode", "encode_data"]
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
+    """What every message carries besides its data (see the module docstring)."""
+
     id: str
     sender: str
     ts: float
@@ -83,37 +83,51 @@ def encode(
     return orjson.dumps(head)[:-1] + b',"data":' + encode_data(data) + b"}"
 
 
+_MISSING: Any = object()
+_OPTIONAL = (str, type(None))
+
+
 def decode(raw: bytes, model: type[BaseModel] | None) -> tuple[Envelope, BaseModel | Any]:
     """Split and validate a payload; raises PayloadError with the reason."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise PayloadError(f"expected a JSON object, got {type(obj).__name__}")
-    if "data" in obj and "v" in obj:
-        try:
-            env = Envelope(
-                id=str(obj.get("id", "")),
-                sender=str(obj.get("sender", "")),
-                ts=float(obj.get("ts", 0.0)),
-                v=int(obj["v"]),
-                corr=obj.get("corr"),
-                reply=obj.get("reply"),
-                trace=obj.get("trace"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"bad envelope: {exc}") from exc
-        if env.v > SCHEMA_VERSION:
-            raise PayloadError(f"schema version {env.v} is newer than {SCHEMA_VERSION}")
-        data = obj["data"]
+    data = obj.get("data", _MISSING)
+    v = obj.get("v")
+    if data is not _MISSING and v is not None:
+        env = Envelope(
+            obj.get("id", ""),
+            obj.get("sender", ""),
+            obj.get("ts", 0.0),
+            v,
+            obj.get("corr"),
+            obj.get("reply"),
+            obj.get("trace"),
+        )
+        if type(v) is not int:
+            raise PayloadError(f"bad envelope: v must be an integer, got {v!r}")
+        if v > SCHEMA_VERSION:
+            raise PayloadError(f"schema version {v} is newer than {SCHEMA_VERSION}")
+        if type(env.id) is not str or type(env.sender) is not str:
+            raise PayloadError("bad envelope: id and sender must be strings")
+        if type(env.ts) not in (float, int):
+            raise PayloadError("bad envelope: ts must be a number")
+        if not (
+            isinstance(env.corr, _OPTIONAL)
+            and isinstance(env.reply, _OPTIONAL)
+            and isinstance(env.trace, _OPTIONAL)
+        ):
+            raise PayloadError("bad envelope: corr, reply and trace must be strings or null")
     else:
         env = Envelope(id="", sender="", ts=time.time())
         data = obj
     if model is None:
         return env, data
     try:
-        return env, model.model_validate(data)
+        return env, model.__pydantic_validator__.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "payload"

@@ -202,23 +202,21 @@ class TopicSpec:
 
     def parse(self, topic: str) -> dict[str, str] | None:
         """The parameters of a concrete topic of this declaration, or None if it is not one."""
-        parts = topic.split("/")
-        if len(parts) != len(self._levels) + 1 or parts[0] != self.root:
-            # roots may have several levels
-            root_levels = self.root.count("/") + 1
-            if len(parts) != len(self._levels) + root_levels:
-                return None
-            if "/".join(parts[:root_levels]) != self.root:
-                return None
-            parts = [self.root, *parts[root_levels:]]
+        prefix = self.root + "/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        levels = self._levels
+        if len(parts) != len(levels):
+            return None
         values: dict[str, str] = {}
-        for level, part in zip(self._levels, parts[1:], strict=True):
-            m = _PARAM_RE.match(level)
-            if m is None:
-                if level != part:
+        for level, part in zip(levels, parts, strict=True):
+            if level[0] == "{":
+                if not part or part in ("+", "#"):
                     return None
-            else:
-                values[m.group(1)] = part
+                values[level[1:-1]] = part
+            elif level != part:
+                return None
         return values
 
     def allows(
