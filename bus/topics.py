@@ -40,6 +40,7 @@ __all__ = [
     "default_topics_path",
     "load",
     "matches",
+    "overlaps",
     "validate_filter",
     "validate_topic",
 ]
@@ -75,6 +76,21 @@ def matches(topic_filter: str, topic: str) -> bool:
         if part != "+" and part != t_parts[i]:
             return False
     return len(f_parts) == len(t_parts)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether some topic is matched by both filters `a` and `b` (a filter may be a topic)."""
+    ap, bp = a.split("/"), b.split("/")
+    for i in range(max(len(ap), len(bp))):
+        x = ap[i] if i < len(ap) else None
+        y = bp[i] if i < len(bp) else None
+        if x == "#" or y == "#":
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and x != "+" and y != "+":
+            return False
+    return True
 
 
 def validate_topic(topic: str) -> None:

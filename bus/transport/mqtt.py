@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Sequence
+from typing import cast
 
 from bus.errors import ConnectionFailed, NotConnected
 from bus.transport import packets
@@ -42,9 +43,9 @@ class _Protocol(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -245,7 +246,9 @@ class MqttTransport(Transport):
             if proto.transport is not None:
                 proto.transport.abort()
             raise ConnectionFailed(
-                f"no CONNACK ({exc or type(exc).__name__})", host=params.host, port=params.port
+                f"no CONNACK ({str(exc) or type(exc).__name__})",
+                host=params.host,
+                port=params.port,
             ) from exc
         if code != 0:
             proto.closing = True

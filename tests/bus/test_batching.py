@@ -1,0 +1,159 @@
+"""bus.batching: many records per message, flushed by size or latency, never over the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bus import BatchPublisher, Bus, BusSettings, MemoryBroker, Message, Subscription, rows
+from bus.errors import PacketTooLarge, TopicError
+from bus.payloads import Batch
+from bus.transport import packets
+
+TIMEOUT = 2.0
+FIELDS = ("id", "x", "y", "note")
+
+
+@pytest.fixture
+def root() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def buses(root: str) -> AsyncIterator[tuple[Bus, Bus]]:
+    """(publisher with a 2 KiB packet limit, raw subscriber) on one in-memory broker."""
+    broker = MemoryBroker()
+    pub = Bus(
+        BusSettings(root=root, client_id=f"{root}-pub", max_packet_size=2048),
+        transport=broker.transport(),
+    )
+    sub = Bus(BusSettings(root=root, client_id=f"{root}-sub"), transport=broker.transport())
+    async with pub, sub:
+        yield pub, sub
+
+
+async def _batches(sub: Subscription, records: int) -> list[Message[Batch]]:
+    """Messages until `records` records have arrived."""
+    got: list[Message[Batch]] = []
+    while sum(m.payload.n for m in got) < records:
+        got.append(await sub.get(TIMEOUT))
+    return got
+
+
+def _record(i: int, rng: random.Random) -> tuple[Any, ...]:
+    note = "".join(rng.choice('abcdefé✓ "\\') for _ in range(rng.randrange(0, 40)))
+    return (f"d{i}", rng.uniform(-1e6, 1e6), rng.randrange(-(10**12), 10**12), note)
+
+
+async def test_records_are_flushed_by_the_latency_bound(buses: tuple[Bus, Bus]) -> None:
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="slowtrickle")
+    sub = await sub_bus.subscribe(topic)
+    loop = asyncio.get_running_loop()
+    batcher = pub.batcher(topic, FIELDS, max_delay=0.05)
+    started = loop.time()
+    batcher.add(("a", 1.0, 2, ""))
+    batcher.add(("b", 3.0, 4, "x"))
+    msg = await sub.get(TIMEOUT)  # no flush() call: the timer sends it
+    assert loop.time() - started >= 0.045  # not before the bound (timer granularity aside)
+    assert msg.payload.n == 2
+    assert rows(msg.payload) == [("a", 1.0, 2, ""), ("b", 3.0, 4, "x")]
+    assert (batcher.batches, batcher.records) == (1, 2)
+
+
+async def test_records_are_flushed_by_count_without_waiting_for_the_timer(
+    buses: tuple[Bus, Bus],
+) -> None:
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="bycount")
+    sub = await sub_bus.subscribe(topic)
+    batcher = pub.batcher(topic, ("i",), max_delay=3600, max_records=10)
+    for i in range(25):
+        batcher.add((i,))
+    got = [await sub.get(TIMEOUT) for _ in range(2)]  # long before the hour is up
+    assert [m.payload.n for m in got] == [10, 10]
+    await batcher.flush()
+    last = await sub.get(TIMEOUT)
+    assert last.payload.n == 5
+    assert [r[0] for m in [*got, last] for r in rows(m.payload)] == list(range(25))
+
+
+async def test_records_are_flushed_by_size_and_no_message_exceeds_the_packet_limit(
+    buses: tuple[Bus, Bus],
+) -> None:
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="bysize")
+    sub = await sub_bus.subscribe(topic)
+    rng = random.Random(7)
+    records = [_record(i, rng) for i in range(3000)]
+    async with pub.batcher(topic, FIELDS, max_delay=3600) as batcher:
+        for record in records:
+            batcher.add(record)
+    got = await _batches(sub, len(records))
+
+    sizes = [packets.publish_size(topic.encode(), m.raw, int(topic.spec.qos)) for m in got]
+    assert max(sizes) <= 2048
+    assert len(got) >= 40  # 3000 records of ~60 bytes cannot fit in fewer 2 KiB messages
+    assert sum(sizes) / len(sizes) > 2048 * 0.7  # batches are filled, not sent half empty
+    received = [r for m in got for r in rows(m.payload)]
+    assert len(received) == len(records)
+    # every record arrives once with its values intact (order: see the test below)
+    assert sorted(received, key=lambda r: int(r[0][1:])) == records
+    for message in got:  # inside a batch, records keep the order they were added in
+        ids = [int(r[0][1:]) for r in rows(message.payload)]
+        assert ids == sorted(ids)
+    assert (batcher.records, batcher.batches) == (3000, len(got))
+
+
+@pytest.mark.xfail(
+    reason="BUG: flush() sends the buffered remainder at once, ahead of full batches still "
+    "waiting in their send tasks, so the last records arrive first",
+    strict=True,
+)
+async def test_rows_round_trip_preserves_order_across_batches(buses: tuple[Bus, Bus]) -> None:
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="order")
+    sub = await sub_bus.subscribe(topic)
+    batcher = pub.batcher(topic, ("i",), max_delay=3600, max_records=2)
+    batcher.add_many([(0,), (1,), (2,)])  # one full batch of two, one record buffered
+    await batcher.flush()
+    got = await _batches(sub, 3)
+    assert [r for m in got for r in rows(m.payload)] == [(0,), (1,), (2,)]
+
+
+async def test_add_async_and_add_many_deliver_every_record(buses: tuple[Bus, Bus]) -> None:
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="asyncadd")
+    sub = await sub_bus.subscribe(topic)
+    batcher = pub.batcher(topic, ("i", "s"), max_delay=0.001)
+    for i in range(500):
+        await batcher.add_async((i, "v" * (i % 50)))
+    batcher.add_many([(i, "") for i in range(500, 1000)])
+    await batcher.flush()
+    got = await _batches(sub, 1000)
+    received = [r[0] for m in got for r in rows(m.payload)]
+    assert sorted(received) == list(range(1000))  # exactly once each
+
+
+async def test_bad_records_and_topics_are_refused(buses: tuple[Bus, Bus]) -> None:
+    pub, _ = buses
+    topic = pub.topics.probe.stream(id="bad")
+    batcher = pub.batcher(topic, ("a", "b"))
+    with pytest.raises(ValueError, match="expected 2 values"):
+        batcher.add((1,))
+    with pytest.raises(PacketTooLarge):
+        batcher.add((1, "x" * 5000))  # one record larger than any message may be
+    with pytest.raises(TopicError, match="does not carry Batch"):
+        BatchPublisher(pub, pub.topics.probe.echo(id="x"), ("a",))
+    with pytest.raises(TopicError, match="filter"):
+        pub.batcher(pub.topics.probe.stream(), ("a",))
+
+
+def test_rows_of_an_empty_batch() -> None:
+    assert rows(Batch(n=0, columns={})) == []
+    assert rows(Batch(n=2, columns={"a": [1, 2], "b": ["x", "y"]})) == [(1, "x"), (2, "y")]
