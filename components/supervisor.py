@@ -125,7 +125,9 @@ class Supervisor:
 
         old = read_credentials(self.state_dir) or {}
         users: dict[str, dict[str, str]] = old.get("users", {})
-        wanted = {"operator": "operator"}
+        # `operator` is for people (mosquitto_sub); `cli` for `mapleverse status|ping`, so the two
+        # can be connected at once (a username is a client id: one connection each).
+        wanted = {"operator": "operator", "cli": "operator"}
         for name in self.names:
             wanted[f"{resolve(name).kind}-main"] = "component"
         for username, role in wanted.items():
@@ -179,7 +181,7 @@ class Supervisor:
         self.broker.env["MAPLEVERSE_BROKER_PORT_FALLBACK"] = "false"
         if ws:
             self.broker.env["MAPLEVERSE_BROKER_WS_PORT"] = ws
-        creds.update(host=self.host, port=port, ws_port=int(ws) if ws else None)
+        creds.update(host=self.host, port=port, ws_port=int(ws) if ws else None, root=self.root)
         _write_private(self.state_dir / "credentials.json", json.dumps(creds, indent=2))
         op = creds["operator"]
         for name in self.names:
@@ -209,7 +211,7 @@ class Supervisor:
             + f"\n  operator   user {op['username']}  password {op['password']}"
             f"  (in {self.state_dir / 'credentials.json'})\n"
             f"  watch      mosquitto_sub -h {self.host} -p {port} -u {op['username']} "
-            f"-P '{op['password']}' -v -t '{self.root}/sys/#'\n"
+            f"-i {op['username']} -P '{op['password']}' -v -t '{self.root}/sys/#'\n"
             "  status     .venv/bin/mapleverse status --watch\n"
             "  stop       Ctrl-C\n",
             flush=True,

@@ -25,6 +25,7 @@ class HealthMonitor(Component):
         super().__init__(settings, **kwargs)  # type: ignore[arg-type]
         self.table = HealthTable(settings.health_missed_beats, settings.health_forget_after)
         self._changed = asyncio.Event()
+        self._rearm = asyncio.Event()
 
     def serves(self) -> list[str]:
         return [*super().serves(), str(self.topics["health"].build())]
@@ -42,6 +43,7 @@ class HealthMonitor(Component):
                 msg.payload, time.monotonic(), time.time()
             ):
                 self._changed.set()
+                self._rearm.set()
 
     async def _beats(self, bus: Bus) -> None:
         async for msg in bus.subscribe(self.topics["component.heartbeat"].build()):
@@ -50,14 +52,19 @@ class HealthMonitor(Component):
                 params["kind"], params["id"], msg.payload, time.monotonic(), time.time()
             ):
                 self._changed.set()
+                self._rearm.set()
 
     async def _sweeper(self) -> None:
         while True:
             now = time.monotonic()
             if self.table.sweep(now):
                 self._changed.set()
-            # wake just after the next possible expiry, at least 20 times a second at worst
-            await asyncio.sleep(min(self.table.next_deadline(now) + 0.005, 1.0))
+            # wake just after the next possible expiry, or when the table changed
+            self._rearm.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._rearm.wait(), min(self.table.next_deadline(now) + 0.005, 1.0)
+                )
 
     def summary(self) -> HealthSummary:
         rows = self.table.rows()
