@@ -13,6 +13,7 @@ On the wire a batch is the `Batch` payload: `{"n": 3, "columns": {"id": [...], "
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,8 @@ class BatchPublisher:
         self._columns: list[list[Any]] = [[] for _ in self.fields]
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._sender: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self.batches = 0
         self.records = 0
@@ -99,8 +101,8 @@ class BatchPublisher:
     async def add_async(self, record: Sequence[Any]) -> None:
         """Add a record, waiting while earlier batches are still being handed to the bus."""
         self.add(record)
-        if len(self._pending) > 4:
-            await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+        if len(self._outbox) > 4 and self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)  # the sender drains the outbox, then ends
 
     def _take(self) -> bytes | None:
         if self._timer is not None:
@@ -121,24 +123,27 @@ class BatchPublisher:
         data = self._take()
         if data is None:
             return
-        task = asyncio.get_running_loop().create_task(self._send(data))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._outbox.append(data)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
 
-    async def _send(self, data: bytes) -> None:
+    async def _send_all(self) -> None:
+        # One sender, so batches reach the bus in the order they were made.
         spec = self.topic.spec
-        try:
-            await self.bus.publish_bytes(str(self.topic), data, int(spec.qos), spec.retain)
-        except BusError as exc:
-            self._error = exc
+        topic = str(self.topic)
+        while self._outbox:
+            data = self._outbox[0]
+            try:
+                await self.bus.publish_bytes(topic, data, int(spec.qos), spec.retain)
+            except BusError as exc:
+                self._error = exc
+            self._outbox.popleft()
 
     async def flush(self) -> None:
         """Publish what is buffered and wait until every batch was handed to the bus."""
-        data = self._take()
-        if data is not None:
-            await self._send(data)
-        while self._pending:
-            await asyncio.gather(*list(self._pending))
+        self._flush_now()
+        while self._sender is not None and not self._sender.done():
+            await self._sender
         if self._error is not None:
             err, self._error = self._error, None
             raise err

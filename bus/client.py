@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -92,6 +92,60 @@ class _Outgoing:
     done: asyncio.Future[None] | None
 
 
+class _MessageQueue:
+    """A bounded FIFO for one consumer and one producer: asyncio.Queue's interface, less cost."""
+
+    __slots__ = ("_getter", "_items", "_loop", "_putter", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[Any] = deque()
+        self.maxsize = maxsize
+        self._getter: asyncio.Future[None] | None = None
+        self._putter: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+    def put_nowait(self, item: Any) -> None:
+        if len(self._items) >= self.maxsize:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def put(self, item: Any) -> None:
+        while len(self._items) >= self.maxsize:
+            self._putter = self._loop.create_future()
+            await self._putter
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.popleft()
+        putter = self._putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
+        return item
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._getter = self._loop.create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        return self.get_nowait()
+
+
 class Subscription:
     """Messages on one filter: `async for msg in sub`, or `await` it to be sure it is active."""
 
@@ -102,7 +156,7 @@ class Subscription:
         self.filter = topic_filter
         self.spec = spec
         self.qos = qos
-        self.queue: asyncio.Queue[Message[Any] | BaseException] = asyncio.Queue(maxsize)
+        self.queue = _MessageQueue(maxsize)
         self.active = False
         self.closed = False
         self.error: BaseException | None = None
@@ -128,13 +182,20 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Message[Any]:
         """The next message (TimeoutError after `timeout` seconds)."""
-        await self.start()
-        if self.error is not None and self.queue.empty():
-            raise self.error
-        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if not self.active:
+            await self.start()
+        queue = self.queue
+        if queue._items:
+            item = queue.get_nowait()
+        else:
+            if self.error is not None:
+                raise self.error
+            item = await (
+                queue.get() if timeout is None else asyncio.wait_for(queue.get(), timeout)
+            )
         if isinstance(item, BaseException):
             raise item
-        return item
+        return cast("Message[Any]", item)
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
@@ -144,6 +205,8 @@ class Subscription:
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
+            while not self.queue.empty():  # frees a dispatcher blocked on put() into this queue
+                self.queue.get_nowait()
             await self.bus._remove_subscription(self)
 
     async def __aenter__(self) -> Subscription:
@@ -178,7 +241,9 @@ class Bus:
         self.transport = transport or MqttTransport()
         self._will = will
         self._on_connect = on_connect
-        self._ids = codecs.IdGenerator()
+        self._encoder = codecs.Encoder(self.client_id)
+        self._ids = self._encoder.ids
+        self._topic_cache: dict[str, bytes] = {}
         self.metrics = ClientMetrics(self.client_id)
         self._conn: Connection | None = None
         self._generation = 0
@@ -201,6 +266,12 @@ class Bus:
         self._incoming_ready = asyncio.Event()
         self._reading_paused = False
         self._subs: list[Subscription] = []
+        self._route_cache: dict[str, tuple[tuple[Subscription, ...], TopicSpec | None]] = {}
+        self._closed_filters: set[str] = set()
+        # Messages no subscription wanted yet (a persistent session's backlog arrives as soon
+        # as the connection is up, before the application has subscribed again): handed to the
+        # first matching subscription. Bounded; the oldest goes first when full (counted).
+        self._unclaimed: deque[Message[Any]] = deque()
         self._filter_refs: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[Message[Any]]] = {}
         self._reply_sub: Subscription | None = None
@@ -248,6 +319,11 @@ class Bus:
         self.connected.clear()
         for sub in self._subs:
             sub._fail(NotConnected("bus closed"))
+        for out in self._inflight.values():  # nobody will acknowledge these now
+            if out.done is not None and not out.done.done():
+                out.done.set_exception(NotConnected("bus closed before the broker acknowledged"))
+        self._all_acked.set()
+        self._window.set()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(NotConnected("bus closed"))
@@ -313,21 +389,21 @@ class Bus:
         self._conn = conn
         self.connections += 1
         self._reading_paused = False
+        # Resend what the broker has not acknowledged, in order, before anything else can be
+        # written on this connection (a publish made during the resubscribe must not overtake).
+        for pid, out in list(self._inflight.items()):
+            conn.write_publish(out.topic, out.payload, 1, out.retain, pid, True)
         try:
             if not conn.session_present or s.clean_session:
-                filters = sorted(self._filter_refs.items())
+                filters = sorted(self._filter_refs)
                 if filters:
-                    granted = await conn.subscribe(
-                        [
-                            (f, max(sub.qos for sub in self._subs if sub.filter == f))
-                            for f, _ in filters
-                        ]
-                    )
-                    for (f, _), g in zip(filters, granted, strict=False):
+                    qos = {
+                        f: max(sub.qos for sub in self._subs if sub.filter == f) for f in filters
+                    }
+                    granted = await conn.subscribe([(f, qos[f]) for f in filters])
+                    for f, g in zip(filters, granted, strict=False):
                         if g == 0x80:
                             log.error("%s: broker refused subscription to %s", self.client_id, f)
-            for pid, out in list(self._inflight.items()):  # resend what was not acknowledged
-                conn.write_publish(out.topic, out.payload, 1, out.retain, pid, True)
         except NotConnected:
             return  # lost again at once; _run goes round
         self.connected.set()
@@ -352,9 +428,7 @@ class Bus:
         trace: str | None = None,
     ) -> bytes:
         """`model` in an envelope from this client."""
-        return codecs.encode(
-            model, id=self._ids(), sender=self.client_id, corr=corr, reply=reply, trace=trace
-        )
+        return self._encoder(model, corr, reply, trace)
 
     def _spec_of(self, topic: str) -> TopicSpec:
         spec = topic.spec if isinstance(topic, Topic) else self.topics.resolve(topic)
@@ -401,11 +475,18 @@ class Bus:
         self, topic: str, data: bytes, qos: int, retain: bool, *, wait: bool = False
     ) -> None:
         """Publish an already encoded payload (the batching publisher and the DLQ use this)."""
-        validate_topic(topic)
-        btopic = topic.encode()
-        size = packets.publish_size(btopic, data, qos)
-        if size > self.settings.max_packet_size:
-            raise PacketTooLarge(size, self.settings.max_packet_size, topic=topic)
+        btopic = self._topic_cache.get(topic)
+        if btopic is None:
+            validate_topic(topic)
+            btopic = topic.encode()
+            if len(self._topic_cache) > 4096:
+                self._topic_cache.clear()
+            self._topic_cache[topic] = btopic
+        # a PUBLISH's size on the wire: header (<= 5), topic length (2), topic, packet id (2)
+        if len(data) + len(btopic) + 9 > self.settings.max_packet_size:
+            size = packets.publish_size(btopic, data, qos)
+            if size > self.settings.max_packet_size:
+                raise PacketTooLarge(size, self.settings.max_packet_size, topic=topic)
         if self._closing:
             raise NotConnected("bus closed")
         if qos == 0:
@@ -474,6 +555,16 @@ class Bus:
     async def _add_subscription(self, sub: Subscription) -> None:
         sub.active = True
         self._subs.append(sub)
+        self._route_cache.clear()
+        self._closed_filters.discard(sub.filter)
+        if self._unclaimed:
+            keep: deque[Message[Any]] = deque()
+            for msg in self._unclaimed:
+                if matches(sub.filter, msg.topic) and not sub.queue.full():
+                    sub.queue.put_nowait(msg)
+                else:
+                    keep.append(msg)
+            self._unclaimed = keep
         self._filter_refs[sub.filter] = self._filter_refs.get(sub.filter, 0) + 1
         conn = self._conn
         if conn is None:
@@ -492,6 +583,8 @@ class Bus:
         if sub not in self._subs:
             return
         self._subs.remove(sub)
+        self._route_cache.clear()
+        self._closed_filters.add(sub.filter)
         refs = self._filter_refs.get(sub.filter, 0) - 1
         if refs > 0:
             self._filter_refs[sub.filter] = refs
@@ -513,23 +606,30 @@ class Bus:
     async def _dispatch(self) -> None:
         incoming = self._incoming
         low_water = max(1, self.settings.queue_size // 2)
+        received = self.metrics.received
         while True:
             if not incoming:
                 self._incoming_ready.clear()
                 self.metrics.queue_depth.set(0)
                 await self._incoming_ready.wait()
                 continue
-            item = incoming.popleft()
-            if self._reading_paused and len(incoming) <= low_water:
-                self._reading_paused = False
-                if self._conn is not None:
-                    self._conn.resume_reading()
-            self.metrics.received.inc()
-            await self._route(item)
+            count = 0
+            while incoming:
+                item = incoming.popleft()
+                count += 1
+                if self._reading_paused and len(incoming) <= low_water:
+                    self._reading_paused = False
+                    if self._conn is not None:
+                        self._conn.resume_reading()
+                await self._route(item)
+            received.inc(count)
 
-    async def _route(self, item: Incoming) -> None:
-        topic = item.topic
-        targets = [s for s in self._subs if matches(s.filter, topic)]
+    def _targets(self, topic: str) -> tuple[tuple[Subscription, ...], TopicSpec | None]:
+        """The subscriptions a topic goes to and its declaration (cached per topic)."""
+        hit = self._route_cache.get(topic)
+        if hit is not None:
+            return hit
+        targets = tuple(s for s in self._subs if matches(s.filter, topic))
         spec: TopicSpec | None = None
         for sub in targets:
             # a filter built from a declaration matches only topics of that declaration
@@ -538,6 +638,13 @@ class Bus:
                 break
         else:
             spec = self.topics.resolve(topic)
+        if len(self._route_cache) > 8192:
+            self._route_cache.clear()
+        self._route_cache[topic] = (targets, spec)
+        return targets, spec
+
+    async def _route(self, item: Incoming) -> None:
+        targets, spec = self._targets(item.topic)
         if not item.payload:
             return  # a cleared retained message carries nothing
         try:
@@ -552,9 +659,32 @@ class Bus:
             fut = self._pending.pop(env.corr)
             if not fut.done():
                 fut.set_result(msg)
+        delivered = False
         for sub in targets:
-            if sub is not self._reply_sub:  # replies are handed to their requests above
-                await sub.queue.put(msg)
+            if sub is self._reply_sub:
+                delivered = True  # handed to its request above, or a late reply: dropped
+            elif not sub.closed:
+                delivered = True
+                queue = sub.queue
+                if len(queue._items) < queue.maxsize:
+                    queue.put_nowait(msg)
+                else:
+                    await queue.put(msg)
+        if not delivered:
+            self._stash(msg, item)
+
+    def _stash(self, msg: Message[Any], item: Incoming) -> None:
+        # Only a persistent session's backlog waits for its subscription: a retained message is
+        # sent again on subscribe, and messages for a filter the application closed are done.
+        if item.retain or any(matches(f, msg.topic) for f in self._closed_filters):
+            return
+        self._unclaimed.append(msg)
+        if len(self._unclaimed) > self.settings.queue_size:
+            self._unclaimed.popleft()
+            self.metrics.unclaimed_dropped.inc()
+            log.warning(
+                "%s: dropped an unclaimed message (no subscription wants it)", self.client_id
+            )
 
     async def _reject(self, item: Incoming, reason: str) -> None:
         self.metrics.rejected.inc()

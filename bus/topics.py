@@ -485,7 +485,7 @@ def parse(document: Any, path: str = "topics.yaml", root: str | None = None) -> 
                 f"pattern clashes with {patterns[shape]!r}", entry=label, path=path
             )
         patterns[shape] = label
-        if raw["qos"] not in (0, 1):
+        if type(raw["qos"]) is not int or raw["qos"] not in (0, 1):
             raise TopicsFileError(
                 "qos must be 0 or 1 (MQTT 3.1.1 brokers here offer no more)", entry=label, path=path
             )

@@ -39,6 +39,7 @@ class _Protocol(asyncio.Protocol):
         self.drained.set()
         self.closed = False
         self.closing = False
+        self.gone = asyncio.Event()  # set by connection_lost
         self.last_rx = loop.time()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -87,6 +88,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gone.set()
         self.drained.set()
         err: BaseException | None = exc
         if err is None and not self.closing:
@@ -196,7 +198,9 @@ class MqttConnection(Connection):
         p.closing = True
         p.write(packets.DISCONNECT)
         p.flush()
-        p.transport.close()
+        p.transport.close()  # sends what is buffered first
+        with contextlib.suppress(TimeoutError):  # a stuck peer must not hang the shutdown
+            await asyncio.wait_for(p.gone.wait(), 10.0)
 
     def abort(self) -> None:
         if self._ping_handle is not None:

@@ -90,6 +90,7 @@ class HealthTable:
             return True
         changed = entry.state != "offline"
         entry.state, entry.epoch = "offline", status.epoch
+        entry.last_seen = now  # forget_after counts from the death
         return changed
 
     def heartbeat(self, kind: str, id: str, beat: Heartbeat, now: float, wall: float) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 
@@ -71,6 +73,11 @@ def test_a_bare_payload_without_the_envelope_is_accepted() -> None:
     assert env.corr is None and env.reply is None
 
 
+def test_an_envelope_with_a_null_version_is_refused() -> None:
+    with pytest.raises(PayloadError, match=r"\bv\b"):
+        decode(b'{"id": "m", "sender": "s", "ts": 1.0, "v": null, "data": {"seq": 5}}', Probe)
+
+
 def test_unknown_fields_from_newer_senders_are_ignored() -> None:
     _, payload = decode(b'{"seq": 1, "colour": "red"}', Probe)
     assert payload == Probe(seq=1)
@@ -86,8 +93,6 @@ def test_unknown_fields_from_newer_senders_are_ignored() -> None:
         (b'"text"', "expected a JSON object, got str"),
         (b"42", "expected a JSON object, got int"),
         (b'{"v": 2, "data": {}}', "schema version 2 is newer than 1"),
-        (b'{"v": "one", "data": {}}', "bad envelope"),
-        (b'{"v": 1, "ts": "noon", "data": {}}', "bad envelope"),
     ],
 )
 def test_undecodable_payloads_raise_payload_error_with_the_reason(raw: bytes, reason: str) -> None:
@@ -129,19 +134,20 @@ def test_model_rules_beyond_types_are_enforced() -> None:
         decode(b'{"x": 1, "y": 0, "battery": 2}', Telemetry)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a bad envelope field gives 'bad envelope: <int()/float() message>' "
-    "without saying which field (v, ts) is wrong",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("raw", "field"),
-    [(b'{"v": "one", "data": {}}', "v"), (b'{"v": 1, "ts": "noon", "data": {}}', "ts")],
+    [
+        (b'{"v": "one", "data": {}}', "v"),
+        (b'{"v": 1, "ts": "noon", "data": {}}', "ts"),
+        (b'{"v": 1, "id": 5, "data": {}}', "id"),
+        (b'{"v": 1, "reply": ["a"], "data": {}}', "reply"),
+    ],
 )
 def test_a_bad_envelope_field_is_named(raw: bytes, field: str) -> None:
     with pytest.raises(PayloadError) as info:
         decode(raw, Probe)
-    assert f"'{field}'" in info.value.reason or f" {field}:" in info.value.reason
+    assert info.value.reason.startswith("bad envelope")
+    assert re.search(rf"\b{field}\b", info.value.reason), info.value.reason
 
 
 def test_payload_error_carries_the_topic_when_given() -> None:

@@ -59,7 +59,7 @@ def test_remaining_length_boundaries_round_trip(size: int, length_bytes: int) ->
 def test_large_qos1_publish_round_trip() -> None:
     payload = b"z" * (2 * 1024 * 1024 + 17)
     raw = packets.publish(b"mv/big", payload, 1, False, 4242, False)
-    topic, body, qos, retain, dup, pid = _roundtrip(raw)
+    topic, body, qos, _, _, pid = _roundtrip(raw)
     assert (topic, qos, pid, len(body)) == ("mv/big", 1, 4242, len(payload))
     assert body == payload
 
