@@ -33,16 +33,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-TARGETS = {"qos0_vs_c": 1.0, "qos1_msgs": 25_000, "batch_events": 2_000_000,
-           "hb_p50_ms": 2.0, "hb_p99_ms": 5.0}
+TARGETS = {
+    "qos0_vs_c": 1.0,
+    "qos1_msgs": 25_000,
+    "batch_events": 2_000_000,
+    "hb_p50_ms": 2.0,
+    "hb_p99_ms": 5.0,
+}
 
 
 # -- child roles (run in their own processes) -------------------------------------------------
 def _settings(args: argparse.Namespace, user: str, password: str):  # type: ignore[no-untyped-def]
     from bus import BusSettings
 
-    return BusSettings(host=args.host, port=args.port, username=user, password=password,
-                       root=args.root, clean_session=True, queue_size=20_000)
+    return BusSettings(
+        host=args.host,
+        port=args.port,
+        username=user,
+        password=password,
+        root=args.root,
+        clean_session=True,
+        queue_size=20_000,
+    )
 
 
 async def _subscriber(args: argparse.Namespace) -> None:
@@ -61,15 +73,18 @@ async def _subscriber(args: argparse.Namespace) -> None:
         want = args.count
         got = 0
         first = last = 0.0
+        batch = args.mode == "batch"
         try:
-            while got < want:
-                msg = await sub.get(timeout=10)
-                if not got:
-                    first = time.monotonic()
-                got += msg.payload.n if args.mode == "batch" else 1
-                last = time.monotonic()
+            async with asyncio.timeout(180):
+                async for msg in sub:
+                    if not got:
+                        first = time.monotonic()
+                    got += msg.payload.n if batch else 1
+                    if got >= want:
+                        break
         except TimeoutError:
             pass
+        last = time.monotonic()
         print(json.dumps({"got": got, "first": first, "last": last}), flush=True)
 
 
@@ -83,12 +98,20 @@ async def _publisher(args: argparse.Namespace) -> None:
         if args.mode == "batch":
             topic = t["probe.stream"].build(id="bench")
             fields = ("id", "x", "y", "z", "t")
+            # One tick of a district: 10,000 drones, columnar as a simulation holds them.
+            # As a JSON record each is ~50 bytes: {"id":"drone-0042","x":12.5,...,"t":42}
+            tick = 10_000
+            columns = {
+                "id": [f"drone-{i:04d}" for i in range(tick)],
+                "x": [12.5 + i % 100 for i in range(tick)],
+                "y": [7.25 + i % 7 for i in range(tick)],
+                "z": [3.0] * tick,
+                "t": list(range(tick)),
+            }
             async with bus.batcher(topic, fields, max_delay=0.002) as batch:
-                for i in range(args.count):
-                    # ~50 bytes as a JSON record: {"id":"drone-0042","x":..,"y":..,"z":..,"t":..}
-                    batch.add((f"drone-{i % 10000:04d}", 12.5 + i % 100, 7.25, 3.0, i))
-                    if i % 4096 == 0:
-                        await asyncio.sleep(0)
+                for _ in range(args.count // tick):
+                    batch.add_columns(columns)
+                    await batch.wait_sent()
         else:
             topic = t["probe.echo" if args.mode == "qos1" else "probe.datagram"].build(id="bench")
             probe = Probe(seq=0, text="x" * args.pad)
@@ -113,16 +136,43 @@ async def _heartbeats(args: argparse.Namespace) -> None:
             if seq >= 50:  # warm-up
                 rtts.append((time.perf_counter() - sent) * 1000)
         rtts.sort()
-        print(json.dumps({"p50": rtts[len(rtts) // 2], "p99": rtts[int(len(rtts) * 0.99)],
-                          "mean": statistics.fmean(rtts)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "p50": rtts[len(rtts) // 2],
+                    "p99": rtts[int(len(rtts) * 0.99)],
+                    "mean": statistics.fmean(rtts),
+                }
+            ),
+            flush=True,
+        )
 
 
 # -- the driver -----------------------------------------------------------------------------------
 def _child(role: str, mode: str, count: int, handle, pad: int = 0):  # type: ignore[no-untyped-def]
     user, password = handle.user("component")
-    cmd = [sys.executable, __file__, "--role", role, "--mode", mode, "--count", str(count),
-           "--host", handle.host, "--port", str(handle.port), "--user", user,
-           "--password", password, "--root", "mv", "--pad", str(pad)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--mode",
+        mode,
+        "--count",
+        str(count),
+        "--host",
+        handle.host,
+        "--port",
+        str(handle.port),
+        "--user",
+        user,
+        "--password",
+        password,
+        "--root",
+        "mv",
+        "--pad",
+        str(pad),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
@@ -137,8 +187,12 @@ def _pair(handle, mode: str, count: int, pad: int = 0) -> dict[str, float]:  # t
     p = json.loads(out_pub.strip().splitlines()[-1])
     s = json.loads(out_sub.strip().splitlines()[-1])
     elapsed = s["last"] - p["start"]
-    return {"rate": s["got"] / elapsed if elapsed > 0 else 0.0, "got": s["got"],
-            "lost": count - s["got"], "seconds": elapsed}
+    return {
+        "rate": s["got"] / elapsed if elapsed > 0 else 0.0,
+        "got": s["got"],
+        "lost": count - s["got"],
+        "seconds": elapsed,
+    }
 
 
 def _baseline(handle, count: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -147,8 +201,24 @@ def _baseline(handle, count: int) -> dict[str, float]:  # type: ignore[no-untype
     topic = "mv/sys/probe/baseline/datagram"
     common = ["-h", handle.host, "-p", str(handle.port)]
     sub = subprocess.Popen(
-        ["mosquitto_sub", *common, "-u", sub_user, "-P", sub_pw, "-i", sub_user, "-t", topic,
-         "-C", str(count), "-q", "0"], stdout=subprocess.DEVNULL)
+        [
+            "mosquitto_sub",
+            *common,
+            "-u",
+            sub_user,
+            "-P",
+            sub_pw,
+            "-i",
+            sub_user,
+            "-t",
+            topic,
+            "-C",
+            str(count),
+            "-q",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     # wait until the subscription is in place: a probe message must come through
     time.sleep(0.3)
     line = "x" * 99 + "\n"  # 100-byte payloads
@@ -157,8 +227,25 @@ def _baseline(handle, count: int) -> dict[str, float]:  # type: ignore[no-untype
         path = f.name
     start = time.monotonic()
     with open(path) as stdin:
-        subprocess.run(["mosquitto_pub", *common, "-u", pub_user, "-P", pub_pw, "-i", pub_user,
-                        "-t", topic, "-l", "-q", "0"], stdin=stdin, check=True)
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                *common,
+                "-u",
+                pub_user,
+                "-P",
+                pub_pw,
+                "-i",
+                pub_user,
+                "-t",
+                topic,
+                "-l",
+                "-q",
+                "0",
+            ],
+            stdin=stdin,
+            check=True,
+        )
     try:
         sub.wait(timeout=120)
     except subprocess.TimeoutExpired:
@@ -208,10 +295,17 @@ def main() -> int:
     def deployment_like(workdir: Path, sizes: dict[str, int]):  # type: ignore[no-untyped-def]
         # The deployment's persistence (autosave every 60 s), not the tests' save-per-change.
         handle = brokers._start_mosquitto(workdir, sizes)
-        conf = render_test_conf(handle.port, workdir / "data", workdir / "passwd",
-                                workdir / "acl", autosave_on_changes=False)
+        conf = render_test_conf(
+            handle.port,
+            workdir / "data",
+            workdir / "passwd",
+            workdir / "acl",
+            autosave_on_changes=False,
+        )
         if os.environ.get("BENCH_QUEUED"):
-            conf = conf.replace("max_queued_messages 10000", "max_queued_messages " + os.environ["BENCH_QUEUED"])
+            conf = conf.replace(
+                "max_queued_messages 10000", "max_queued_messages " + os.environ["BENCH_QUEUED"]
+            )
             conf = conf.replace("max_queued_bytes 16777216", "max_queued_bytes 0")
         (workdir / "mosquitto.conf").write_text(conf)
         return handle
@@ -221,25 +315,53 @@ def main() -> int:
         handle = brokers.start_broker("mosquitto-deployment", Path(tmp))
         try:
             pad = _pad_for_100_bytes()
-            print(f"Mosquitto from mosquitto/ on {handle.host}:{handle.port}; "
-                  f"{os.cpu_count()} cores; {args.messages} messages, {args.records} records")
+            print(
+                f"Mosquitto from mosquitto/ on {handle.host}:{handle.port}; "
+                f"{os.cpu_count()} cores; {args.messages} messages, {args.records} records"
+            )
             base = _baseline(handle, args.messages)
-            print(f"baseline  mosquitto_pub -l -> mosquitto_sub, QoS 0, 100 B: "
-                  f"{base['rate']:>12,.0f} msg/s")
+            print(
+                f"baseline  mosquitto_pub -l -> mosquitto_sub, QoS 0, 100 B: "
+                f"{base['rate']:>12,.0f} msg/s"
+            )
             q0 = _pair(handle, "qos0", args.messages, pad)
-            print(f"bus QoS 0 component -> component, 100 B:            "
-                  f"{q0['rate']:>12,.0f} msg/s  ({q0['lost']} lost)")
+            print(
+                f"bus QoS 0 component -> component, 100 B:            "
+                f"{q0['rate']:>12,.0f} msg/s  ({q0['lost']} lost)"
+            )
             q1 = _pair(handle, "qos1", args.messages, pad)
-            print(f"bus QoS 1 component -> component, 100 B:            "
-                  f"{q1['rate']:>12,.0f} msg/s  ({q1['lost']} lost)")
+            print(
+                f"bus QoS 1 component -> component, 100 B:            "
+                f"{q1['rate']:>12,.0f} msg/s  ({q1['lost']} lost)"
+            )
             batch = _pair(handle, "batch", args.records)
-            print(f"batched stream, ~50 B records, QoS 0:               "
-                  f"{batch['rate']:>12,.0f} events/s ({batch['lost']} lost)")
+            print(
+                f"batched stream, ~50 B records, QoS 0:               "
+                f"{batch['rate']:>12,.0f} events/s ({batch['lost']} lost)"
+            )
             user, password = handle.user("component")
             hb_out = subprocess.run(
-                [sys.executable, __file__, "--role", "hb", "--count", str(args.beats),
-                 "--host", handle.host, "--port", str(handle.port), "--user", user,
-                 "--password", password], capture_output=True, text=True, timeout=300, check=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--role",
+                    "hb",
+                    "--count",
+                    str(args.beats),
+                    "--host",
+                    handle.host,
+                    "--port",
+                    str(handle.port),
+                    "--user",
+                    user,
+                    "--password",
+                    password,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
             hb = json.loads(hb_out.stdout.strip().splitlines()[-1])
             print(f"heartbeat QoS 1 round trip:  p50 {hb['p50']:.3f} ms  p99 {hb['p99']:.3f} ms")
         finally:
@@ -257,8 +379,10 @@ def main() -> int:
     }
     for key, target in TARGETS.items():
         ok = results[key] <= target if key.startswith("hb_") else results[key] >= target
-        print(f"  {key:13} {results[key]:>12}  target {'<' if key.startswith('hb_') else '>='} "
-              f"{target}  {'met' if ok else 'MISSED'}")
+        print(
+            f"  {key:13} {results[key]:>12}  target {'<' if key.startswith('hb_') else '>='} "
+            f"{target}  {'met' if ok else 'MISSED'}"
+        )
     print(" ".join(f"{k}={v}" for k, v in results.items()))
     return 0
 
