@@ -277,6 +277,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--records", type=int, default=4_000_000)
     parser.add_argument("--beats", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.role:
         import uvloop
