@@ -141,3 +141,30 @@ async def test_bad_records_and_topics_are_refused(buses: tuple[Bus, Bus]) -> Non
 def test_rows_of_an_empty_batch() -> None:
     assert rows(Batch(n=0, columns={})) == []
     assert rows(Batch(n=2, columns={"a": [1, 2], "b": ["x", "y"]})) == [(1, "x"), (2, "y")]
+
+
+async def test_columns_are_split_under_the_packet_limit_in_order(buses: tuple[Bus, Bus]) -> None:
+    """The columnar fast path: 5,000 records arrive complete, in order, every message fits."""
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="columns")
+    sub = await sub_bus.subscribe(topic, maxsize=100_000)
+    rng = random.Random(7)
+    records = [("a0", 0.5, 1, "first")] + [_record(i, rng) for i in range(1, 5000)]
+    batcher = pub.batcher(topic, FIELDS)
+    batcher.add(("before", 0.0, 0, ""))  # a row added first stays first
+    batcher.add_columns({f: [r[i] for r in records] for i, f in enumerate(FIELDS)})
+    await batcher.flush()
+    got = await _batches(sub, len(records) + 1)
+    assert [r for m in got for r in rows(m.payload)] == [("before", 0.0, 0, ""), *records]
+    limit = pub.settings.max_packet_size
+    assert all(packets.publish_size(topic.encode(), m.raw, 0) <= limit for m in got)
+    assert len(got) > 10  # it really was split
+
+
+async def test_columns_of_different_lengths_are_refused(buses: tuple[Bus, Bus]) -> None:
+    pub, _ = buses
+    batcher = pub.batcher(pub.topics.probe.stream(id="bad"), ("a", "b"))
+    with pytest.raises(ValueError, match="different lengths"):
+        batcher.add_columns({"a": [1, 2], "b": [1]})
+    with pytest.raises(ValueError, match="missing column 'b'"):
+        batcher.add_columns({"a": [1]})
