@@ -141,6 +141,7 @@ class Supervisor:
         return {
             "users": users,
             "operator": {"username": "operator", "password": users["operator"]["password"]},
+            "cli": {"username": "cli", "password": users["cli"]["password"]},
         }
 
     def _env(self, **extra: str) -> dict[str, str]:

@@ -1,0 +1,130 @@
+"""`mapleverse up` end to end: what a newcomer sees after `make run`.
+
+The supervisor starts the embedded broker and the default components as child processes; the
+printed credentials work; births, heartbeats and the health summary appear under `mv/sys/`;
+a component killed with -9 shows its death and comes back; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from brokers import free_port
+
+from bus import Bus, BusSettings
+from bus.payloads import HealthSummary, Status
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, object], list[str]]]:
+    port, ws = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "components", "--state-dir", str(tmp_path / "state"), "up",
+         "--port", str(port), "--ws-port", str(ws)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "stop       Ctrl-C" in line:
+            break
+    banner = "".join(lines)
+    try:
+        assert "Mapleverse is up." in banner, banner
+        creds = json.loads((tmp_path / "state" / "credentials.json").read_text())
+        yield proc, creds, lines
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _operator(creds: dict[str, object]) -> BusSettings:
+    cli = creds["cli"]
+    assert isinstance(cli, dict)
+    return BusSettings(
+        host=str(creds["host"]),
+        port=int(str(creds["port"])),
+        username=cli["username"],
+        password=cli["password"],
+        clean_session=True,
+    )
+
+
+def test_up_prints_a_working_mosquitto_sub_line(
+    up: tuple[subprocess.Popen[str], dict[str, object], list[str]],
+) -> None:
+    proc, creds, lines = up
+    watch = next(line for line in lines if "mosquitto_sub" in line)
+    assert f"-p {creds['port']}" in watch and "-i operator" in watch
+    argv = re.findall(r"'[^']*'|\S+", watch.split("watch", 1)[1].strip())
+    argv = [a.strip("'") for a in argv]
+    if not os.path.exists("/usr/bin/mosquitto_sub"):
+        pytest.skip("mosquitto_sub not installed")
+    out = subprocess.run([*argv, "-C", "3", "-W", "10"], capture_output=True, text=True, timeout=20)
+    topics = [line.split(" ", 1)[0] for line in out.stdout.splitlines()]
+    assert len(topics) == 3, out.stderr
+    assert all(t.startswith("mv/sys/") for t in topics)
+
+
+async def test_kill_shows_death_then_the_supervisor_restarts_it(
+    up: tuple[subprocess.Popen[str], dict[str, object], list[str]],
+) -> None:
+    proc, creds, _ = up
+    async with Bus(_operator(creds), kind="test") as bus:
+        status = await bus.subscribe(bus.topics.component.status(kind="echo", id="main"))
+        health = await bus.subscribe(bus.topics.health())
+        first = await _next_status(status, "online")
+        assert first.pid is not None
+        summary = await _until(health, lambda h: h.online >= 2)
+        assert {(c.kind, c.state) for c in summary.components} >= {
+            ("echo", "online"),
+            ("health", "online"),
+        }
+        os.kill(first.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        death = await _next_status(status, "offline")
+        assert death.epoch == first.epoch
+        assert time.monotonic() - killed_at < 1.0
+        again = await _next_status(status, "online", timeout=15)
+        assert again.pid != first.pid and again.epoch > first.epoch
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 0
+
+
+async def _next_status(sub, state: str, timeout: float = 10) -> Status:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await sub.get()
+            if isinstance(msg.payload, Status) and msg.payload.state == state:
+                return msg.payload
+
+
+async def _until(sub, predicate, timeout: float = 15) -> HealthSummary:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await sub.get()
+            if predicate(msg.payload):
+                return msg.payload  # type: ignore[no-any-return]
