@@ -76,7 +76,7 @@ def _operator(creds: dict[str, object]) -> BusSettings:
 def test_up_prints_a_working_mosquitto_sub_line(
     up: tuple[subprocess.Popen[str], dict[str, object], list[str]],
 ) -> None:
-    proc, creds, lines = up
+    _proc, creds, lines = up
     watch = next(line for line in lines if "mosquitto_sub" in line)
     assert f"-p {creds['port']}" in watch and "-i operator" in watch
     argv = re.findall(r"'[^']*'|\S+", watch.split("watch", 1)[1].strip())
