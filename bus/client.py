@@ -619,6 +619,7 @@ class Bus:
                 await self._incoming_ready.wait()
                 continue
             count = 0
+            self.metrics.queue_depth.set(len(incoming))
             while incoming:
                 item = incoming.popleft()
                 count += 1

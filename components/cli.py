@@ -199,7 +199,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="embedded broker and the default components, supervised")
-    up.add_argument("--port", type=int, default=int(os.environ.get("MAPLEVERSE_PORT", 1883)))
+    up.add_argument(
+        "--port",
+        type=int,
+        default=1883,
+        help="broker port (default 1883; the next free one if it is taken)",
+    )
     up.add_argument("--ws-port", type=int, default=9001)
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument(
@@ -216,6 +221,13 @@ def _parser() -> argparse.ArgumentParser:
     ping = sub.add_parser("ping", help="request/reply round trips through the echo service")
     ping.add_argument("--count", type=int, default=3)
     ping.add_argument("--timeout", type=float, default=5.0)
+    users = sub.add_parser("users", help="users of the embedded broker started by `up`")
+    users.add_argument("action", choices=["add", "list"])
+    users.add_argument("name", nargs="?", help="the username (an agent's is its agent id)")
+    users.add_argument(
+        "--role", default="agent", choices=["agent", "device", "operator", "component"]
+    )
+    users.add_argument("--password", help="default: a random one, printed")
     topics = sub.add_parser("topics", help="the declared topic tree")
     topics.add_argument("action", choices=["list", "asyncapi", "generate", "check"])
     topics.add_argument("--output", "-o", help="asyncapi: write to this file")
@@ -239,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_up(args)
         if args.command == "topics":
             return _topics(args)
+        if args.command == "users":
+            from components.supervisor import users_command
+
+            return users_command(
+                Path(args.state_dir), args.action, args.name, args.role, args.password
+            )
         if args.command == "status":
             return asyncio.run(_status(args))
         if args.command == "ping":

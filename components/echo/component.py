@@ -21,7 +21,9 @@ class EchoService(Component):
         return [*super().serves(), str(self.topics["rpc.request"].build(service="echo"))]
 
     async def main(self, bus: Bus) -> None:
-        async for msg in bus.subscribe(self.topics["rpc.request"].build(service="echo")):
+        requests = await bus.subscribe(self.topics["rpc.request"].build(service="echo"))
+        self.serving()
+        async for msg in requests:
             if not msg.envelope.reply:
                 continue
             request = msg.payload

@@ -7,7 +7,7 @@ import contextlib
 import time
 from typing import ClassVar
 
-from bus import Bus
+from bus import Bus, Subscription
 from bus.payloads import HealthSummary, Heartbeat, Status
 from components.health.settings import HealthSettings
 from components.health.table import HealthTable
@@ -31,22 +31,25 @@ class HealthMonitor(Component):
         return [*super().serves(), str(self.topics["health"].build())]
 
     async def main(self, bus: Bus) -> None:
+        statuses = await bus.subscribe(self.topics["component.status"].build())
+        beats = await bus.subscribe(self.topics["component.heartbeat"].build())
+        self.serving()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._statuses(bus), name="health-statuses")
-            tg.create_task(self._beats(bus), name="health-beats")
+            tg.create_task(self._statuses(statuses), name="health-statuses")
+            tg.create_task(self._beats(beats), name="health-beats")
             tg.create_task(self._sweeper(), name="health-sweeper")
             tg.create_task(self._publisher(bus), name="health-publisher")
 
-    async def _statuses(self, bus: Bus) -> None:
-        async for msg in bus.subscribe(self.topics["component.status"].build()):
+    async def _statuses(self, sub: Subscription) -> None:
+        async for msg in sub:
             if isinstance(msg.payload, Status) and self.table.status(
                 msg.payload, time.monotonic(), time.time()
             ):
                 self._changed.set()
                 self._rearm.set()
 
-    async def _beats(self, bus: Bus) -> None:
-        async for msg in bus.subscribe(self.topics["component.heartbeat"].build()):
+    async def _beats(self, sub: Subscription) -> None:
+        async for msg in sub:
             params = msg.params
             if isinstance(msg.payload, Heartbeat) and self.table.heartbeat(
                 params["kind"], params["id"], msg.payload, time.monotonic(), time.time()

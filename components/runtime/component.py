@@ -39,6 +39,8 @@ class Component:
 
     kind: ClassVar[str] = "component"
     settings_model: ClassVar[type[ComponentSettings]] = ComponentSettings
+    # Seconds the first birth waits for main() to call serving() before it goes out anyway.
+    birth_grace: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -75,12 +77,23 @@ class Component:
         )
         self.metrics_server: MetricsServer | None = None
         self.ready = asyncio.Event()
+        self._serving = asyncio.Event()
+        self._born_once = False
         self._stop = asyncio.Event()
 
     # -- to override -------------------------------------------------------------------------
     async def main(self, bus: Bus) -> None:
-        """The component's own work; runs until cancelled. Default: nothing."""
+        """The component's own work; runs until cancelled. Default: nothing.
+
+        Call `self.serving()` once its subscriptions are active: the first birth waits for it
+        (at most `birth_grace` seconds), so whoever sees the birth can talk to it at once.
+        """
+        self.serving()
         await asyncio.Event().wait()
+
+    def serving(self) -> None:
+        """Say that `main` is subscribed and ready: the birth goes out now."""
+        self._serving.set()
 
     def serves(self) -> list[str]:
         """Topic filters this component serves, announced in its birth."""
@@ -112,6 +125,8 @@ class Component:
 
     async def _born(self, reconnected: bool) -> None:
         self.seq = 0
+        if not self._born_once:
+            return  # the first birth waits for main() to be serving (run())
         await self.bus.publish(self.status_topic, self._status("online"))
         if reconnected:
             self.log.info("reconnected (epoch %d)", self.epoch)
@@ -121,6 +136,7 @@ class Component:
         await self.republish(self.bus)
 
     async def _heartbeats(self) -> None:
+        await self.ready.wait()  # the birth comes first
         interval = self.settings.heartbeat_interval
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -182,6 +198,11 @@ class Component:
                     tg.create_task(self._watch_status(), name=f"{self.kind}-status"),
                     tg.create_task(self.main(self.bus), name=f"{self.kind}-main"),
                 ]
+                with contextlib.suppress(TimeoutError):  # a main() that never says so
+                    await asyncio.wait_for(self._serving.wait(), self.birth_grace)
+                self._born_once = True
+                self.seq = 0
+                await self.bus.publish(self.status_topic, self._status("online"))
                 self.ready.set()
                 await self._stop.wait()
                 for task in tasks:
