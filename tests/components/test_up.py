@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from brokers import free_port
 
-from bus import Bus, BusSettings
-from bus.payloads import HealthSummary, Status
+from bus import Bus, BusSettings, ConnectionFailed
+from bus.payloads import AgentState, HealthSummary, Status
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +128,34 @@ async def _until(sub, predicate, timeout: float = 15) -> HealthSummary:  # type:
             msg = await sub.get()
             if predicate(msg.payload):
                 return msg.payload  # type: ignore[no-any-return]
+
+
+async def test_users_add_gives_an_agent_a_working_login(
+    up: tuple[subprocess.Popen[str], dict[str, object], list[str]], tmp_path: Path
+) -> None:
+    _proc, creds, _ = up
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "components", "--state-dir", str(tmp_path / "state"), "users",
+        "add", "alice", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    password = re.search(r"password (\S+)", out.decode())
+    assert password is not None and "not running" not in out.decode()
+    settings = BusSettings(
+        host=str(creds["host"]),
+        port=int(str(creds["port"])),
+        username="alice",
+        password=password.group(1),
+        clean_session=True,
+    )
+    async with asyncio.timeout(10):
+        while True:  # the broker rereads its users on SIGHUP; the first try may precede it
+            try:
+                async with Bus(settings, kind="agent") as alice:
+                    await alice.publish(
+                        alice.topics.agent.state(agent="alice"), AgentState(status="here")
+                    )
+                    break
+            except ConnectionFailed:
+                await asyncio.sleep(0.05)
