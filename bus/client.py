@@ -649,6 +649,21 @@ class Bus:
         self._route_cache[topic] = (targets, spec)
         return targets, spec
 
+    def _open(self, item: Incoming, spec: TopicSpec | None) -> Message[Any] | PayloadError:
+        """Decode and validate; a reply is handed to the request waiting for it."""
+        try:
+            env, payload = codecs.decode(item.payload, spec.payload if spec else None)
+        except PayloadError as exc:
+            return exc
+        msg: Message[Any] = Message(
+            item.topic, payload, env, spec, item.qos, item.retain, item.payload
+        )
+        if env.corr is not None:
+            fut = self._pending.pop(env.corr, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        return msg
+
     def _route_now(self, item: Incoming) -> bool:
         """Route synchronously if no queue is full; False leaves it to the dispatcher."""
         targets, spec = self._targets(item.topic)
@@ -660,20 +675,12 @@ class Bus:
         if not item.payload:
             return True  # a cleared retained message carries nothing
         self.metrics.received.inc()
-        try:
-            env, payload = codecs.decode(item.payload, spec.payload if spec else None)
-        except PayloadError as exc:
-            task = asyncio.ensure_future(self._reject(item, exc.reason))
+        msg = self._open(item, spec)
+        if isinstance(msg, PayloadError):
+            task = asyncio.ensure_future(self._reject(item, msg.reason))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return True
-        msg: Message[Any] = Message(
-            item.topic, payload, env, spec, item.qos, item.retain, item.payload
-        )
-        if env.corr is not None and env.corr in self._pending:
-            fut = self._pending.pop(env.corr)
-            if not fut.done():
-                fut.set_result(msg)
         for sub in targets:
             if sub is not self._reply_sub and not sub.closed:
                 sub.queue.put_nowait(msg)
@@ -683,18 +690,10 @@ class Bus:
         targets, spec = self._targets(item.topic)
         if not item.payload:
             return  # a cleared retained message carries nothing
-        try:
-            env, payload = codecs.decode(item.payload, spec.payload if spec else None)
-        except PayloadError as exc:
-            await self._reject(item, exc.reason)
+        msg = self._open(item, spec)
+        if isinstance(msg, PayloadError):
+            await self._reject(item, msg.reason)
             return
-        msg: Message[Any] = Message(
-            item.topic, payload, env, spec, item.qos, item.retain, item.payload
-        )
-        if env.corr is not None and env.corr in self._pending:
-            fut = self._pending.pop(env.corr)
-            if not fut.done():
-                fut.set_result(msg)
         delivered = False
         for sub in targets:
             if sub is self._reply_sub:
