@@ -1,7 +1,7 @@
 """The typed MQTT bus every Mapleverse component and Python agent uses."""
 
 from bus.batching import BatchPublisher, rows
-from bus.client import Bus, Message, Subscription
+from bus.client import Bus
 from bus.codecs import Envelope
 from bus.errors import (
     BusError,
@@ -14,6 +14,7 @@ from bus.errors import (
     TopicsFileError,
 )
 from bus.settings import BusSettings, SettingsError, load_settings
+from bus.subscription import Message, Subscription
 from bus.topics import QoS, Topic, TopicSpec, TopicTree, load, matches
 from bus.transport import MemoryBroker, MemoryTransport, MqttTransport, Transport
 

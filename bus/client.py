@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -35,8 +33,10 @@ from bus.errors import (
     PayloadError,
     TopicError,
 )
+from bus.inflight import Inflight
 from bus.metrics import ClientMetrics
 from bus.settings import BusSettings
+from bus.subscription import Message, Subscription
 from bus.topics import Topic, TopicSpec, TopicTree, load, matches, validate_filter, validate_topic
 from bus.transport import packets
 from bus.transport.base import Connection, ConnectParams, Incoming, Transport, Will
@@ -49,171 +49,6 @@ WillFactory = Callable[[], tuple[Topic, BaseModel] | None]
 ConnectHook = Callable[[bool], Awaitable[None]]
 
 _DLQ_PREVIEW = 2048
-
-
-class Message(Generic[M]):
-    """A received message: the validated payload, its envelope and where it came from."""
-
-    __slots__ = ("envelope", "payload", "qos", "raw", "retain", "spec", "topic")
-
-    def __init__(
-        self,
-        topic: str,
-        payload: M,
-        envelope: codecs.Envelope,
-        spec: TopicSpec | None,
-        qos: int,
-        retain: bool,
-        raw: bytes,
-    ) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.envelope = envelope
-        self.spec = spec
-        self.qos = qos
-        self.retain = retain
-        self.raw = raw
-
-    def __repr__(self) -> str:
-        return f"Message({self.topic!r}, {self.payload!r}, retain={self.retain})"
-
-    @property
-    def params(self) -> dict[str, str]:
-        """The topic's parameters, e.g. {'kind': 'health', 'id': 'main'}."""
-        return (self.spec.parse(self.topic) if self.spec else None) or {}
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    topic: bytes
-    payload: bytes
-    retain: bool
-    sent: float
-    done: asyncio.Future[None] | None
-
-
-class _MessageQueue:
-    """A bounded FIFO for one consumer and one producer: asyncio.Queue's interface, less cost."""
-
-    __slots__ = ("_getter", "_items", "_loop", "_putter", "maxsize")
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: deque[Any] = deque()
-        self.maxsize = maxsize
-        self._getter: asyncio.Future[None] | None = None
-        self._putter: asyncio.Future[None] | None = None
-        self._loop = asyncio.get_running_loop()
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def full(self) -> bool:
-        return len(self._items) >= self.maxsize
-
-    def put_nowait(self, item: Any) -> None:
-        if len(self._items) >= self.maxsize:
-            raise asyncio.QueueFull
-        self._items.append(item)
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
-
-    async def put(self, item: Any) -> None:
-        while len(self._items) >= self.maxsize:
-            self._putter = self._loop.create_future()
-            await self._putter
-        self.put_nowait(item)
-
-    def get_nowait(self) -> Any:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        item = self._items.popleft()
-        putter = self._putter
-        if putter is not None and not putter.done():
-            putter.set_result(None)
-        return item
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._getter = self._loop.create_future()
-            try:
-                await self._getter
-            finally:
-                self._getter = None
-        return self.get_nowait()
-
-
-class Subscription:
-    """Messages on one filter: `async for msg in sub`, or `await` it to be sure it is active."""
-
-    def __init__(
-        self, bus: Bus, topic_filter: str, spec: TopicSpec | None, qos: int, maxsize: int
-    ) -> None:
-        self.bus = bus
-        self.filter = topic_filter
-        self.spec = spec
-        self.qos = qos
-        self.queue = _MessageQueue(maxsize)
-        self.active = False
-        self.closed = False
-        self.error: BaseException | None = None
-
-    async def start(self) -> Subscription:
-        if not self.active:
-            await self.bus._add_subscription(self)
-        return self
-
-    def __await__(self) -> Generator[Any, None, Subscription]:
-        return self.start().__await__()
-
-    def __aiter__(self) -> AsyncIterator[Message[Any]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Message[Any]]:
-        await self.start()
-        try:
-            while True:
-                yield await self.get()
-        finally:
-            await self.close()
-
-    async def get(self, timeout: float | None = None) -> Message[Any]:
-        """The next message (TimeoutError after `timeout` seconds)."""
-        if not self.active:
-            await self.start()
-        queue = self.queue
-        if queue._items:
-            item = queue.get_nowait()
-        else:
-            if self.error is not None:
-                raise self.error
-            item = await (
-                queue.get() if timeout is None else asyncio.wait_for(queue.get(), timeout)
-            )
-        if isinstance(item, BaseException):
-            raise item
-        return cast("Message[Any]", item)
-
-    def _fail(self, error: BaseException) -> None:
-        self.error = error
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue: get() raises once drained
-            self.queue.put_nowait(error)
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            while not self.queue.empty():  # frees a dispatcher blocked on put() into this queue
-                self.queue.get_nowait()
-            await self.bus._remove_subscription(self)
-
-    async def __aenter__(self) -> Subscription:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 class Bus:
@@ -233,6 +68,7 @@ class Bus:
         s = self.settings
         self.kind = kind
         self.client_id = s.client_id or s.username or f"{kind}-{random.getrandbits(40):010x}"
+        self.metrics = ClientMetrics(self.client_id)
         self.topics = (
             (topics or load()).with_root(s.root)
             if (topics is None or topics.root != s.root)
@@ -244,7 +80,6 @@ class Bus:
         self._encoder = codecs.Encoder(self.client_id)
         self._ids = self._encoder.ids
         self._topic_cache: dict[str, bytes] = {}
-        self.metrics = ClientMetrics(self.client_id)
         self._conn: Connection | None = None
         self._generation = 0
         self.connected = asyncio.Event()
@@ -255,12 +90,7 @@ class Bus:
         self._first_error: BaseException | None = None
         self._first_attempt = asyncio.Event()
         # outgoing QoS 1, by packet id, in send order
-        self._inflight: dict[int, _Outgoing] = {}
-        self._next_pid = 0
-        self._window = asyncio.Event()
-        self._window.set()
-        self._all_acked = asyncio.Event()
-        self._all_acked.set()
+        self._inflight = Inflight(s.max_inflight, self.metrics.publish_latency)
         # incoming
         self._incoming: deque[Incoming] = deque()
         self._incoming_ready = asyncio.Event()
@@ -320,11 +150,7 @@ class Bus:
         self.connected.clear()
         for sub in self._subs:
             sub._fail(NotConnected("bus closed"))
-        for out in self._inflight.values():  # nobody will acknowledge these now
-            if out.done is not None and not out.done.done():
-                out.done.set_exception(NotConnected("bus closed before the broker acknowledged"))
-        self._all_acked.set()
-        self._window.set()
+        self._inflight.fail_all(NotConnected("bus closed before the broker acknowledged"))
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(NotConnected("bus closed"))
@@ -499,13 +325,9 @@ class Bus:
             conn.write_publish(btopic, data, 0, retain, 0, False)
             self.metrics.published.inc()
             return
-        while len(self._inflight) >= self.settings.max_inflight:
-            self._window.clear()
-            await self._window.wait()
-        pid = self._pid()
+        await self._inflight.reserve()
         done = asyncio.get_running_loop().create_future() if wait else None
-        self._inflight[pid] = _Outgoing(btopic, data, retain, time.perf_counter(), done)
-        self._all_acked.clear()
+        pid = self._inflight.add(btopic, data, retain, done)
         conn = self._conn
         if conn is not None:
             if conn.write_paused:
@@ -515,28 +337,12 @@ class Bus:
         if done is not None:
             await done
 
-    def _pid(self) -> int:
-        for _ in range(49151):
-            self._next_pid = self._next_pid % 49151 + 1
-            if self._next_pid not in self._inflight:
-                return self._next_pid
-        raise BusError("no free packet id")  # pragma: no cover - max_inflight < 49151
-
     def _on_acked(self, pid: int) -> None:
-        out = self._inflight.pop(pid, None)
-        if out is None:
-            return
-        self.metrics.publish_latency.observe(time.perf_counter() - out.sent)
-        if out.done is not None and not out.done.done():
-            out.done.set_result(None)
-        if not self._window.is_set() and len(self._inflight) < self.settings.max_inflight:
-            self._window.set()
-        if not self._inflight:
-            self._all_acked.set()
+        self._inflight.ack(pid)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until the broker acknowledged every QoS 1 message sent so far."""
-        await asyncio.wait_for(self._all_acked.wait(), timeout)
+        await self._inflight.wait_all(timeout)
 
     @property
     def inflight(self) -> int:
