@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -94,7 +95,6 @@ class Bus:
         # incoming
         self._incoming: deque[Incoming] = deque()
         self._incoming_ready = asyncio.Event()
-        self._reading_paused = False
         self._subs: list[Subscription] = []
         self._route_cache: dict[str, tuple[tuple[Subscription, ...], TopicSpec | None]] = {}
         self._closed_filters: set[str] = set()
@@ -106,6 +106,11 @@ class Bus:
         self._filter_refs: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[Message[Any]]] = {}
         self._reply_sub: Subscription | None = None
+        self._confirmed: set[str] = set()  # filters the broker's session holds for us
+        self._reply_to = str(self.topics["rpc.reply"].build(client=self.client_id))
+        self._hook: asyncio.Task[None] | None = None
+        self._routing = False  # the dispatcher holds a message it is placing
+        self._paused_for: set[str] = set()  # why reading is paused: "incoming", "unclaimed"
         self.connections = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -167,29 +172,44 @@ class Bus:
     async def _run(self) -> None:
         s = self.settings
         delay = s.reconnect_min
+        stable_after = max(float(s.keepalive), 5.0)
         while not self._closing:
             try:
                 await self._connect_once()
-            except ConnectionFailed as exc:
+            except Exception as exc:
+                if not isinstance(exc, ConnectionFailed):
+                    log.exception("%s: connection attempt failed", self.client_id)
                 if not self._first_attempt.is_set():
                     self._first_error = exc
                     self._first_attempt.set()
-                if exc.code in (4, 5):  # bad credentials / not authorised: retrying won't help soon
-                    log.error("%s: %s", self.client_id, exc)
+                if isinstance(exc, ConnectionFailed) and exc.code in (4, 5):
+                    log.error(
+                        "%s: %s", self.client_id, exc
+                    )  # credentials: retrying won't help soon
                 else:
                     log.warning("%s: %s; retrying in %.2fs", self.client_id, exc, delay)
                 await asyncio.sleep(random.uniform(delay / 2, delay))  # jittered backoff
                 delay = min(delay * 2, s.reconnect_max)
                 continue
-            delay = s.reconnect_min
             self._first_attempt.set()
+            up_since = time.monotonic()
             await self._lost.wait()
             self._lost.clear()
             self.connected.clear()
-            self._conn = None
-            if not self._closing:
-                self.metrics.reconnects.inc()
-                log.warning("%s: connection lost; reconnecting", self.client_id)
+            if self._hook is not None:
+                self._hook.cancel()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.abort()  # make sure the old connection is gone before the next one
+            if self._closing:
+                return
+            self.metrics.reconnects.inc()
+            # A connection that did not last (e.g. two processes taking one client id over from
+            # each other) keeps backing off; one that was stable starts again from the minimum.
+            delay = s.reconnect_min if time.monotonic() - up_since > stable_after else delay
+            log.warning("%s: connection lost; reconnecting in %.2fs", self.client_id, delay)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, s.reconnect_max)
 
     async def _connect_once(self) -> None:
         s = self.settings
@@ -200,6 +220,7 @@ class Bus:
                 topic, model = made
                 will = Will(str(topic), self.encode(model), int(topic.spec.qos), topic.spec.retain)
         self._generation += 1
+        self._lost.clear()
         generation = self._generation
         params = ConnectParams(
             host=s.host,
@@ -213,32 +234,58 @@ class Bus:
             connect_timeout=s.connect_timeout,
         )
         conn = await self.transport.connect(params, _Sink(self, generation))
-        self._conn = conn
+        if generation != self._generation or self._lost.is_set():
+            conn.abort()
+            raise ConnectionFailed("lost during the handshake", host=s.host, port=s.port)
+        if not conn.session_present or s.clean_session:
+            self._confirmed = set()  # the broker kept nothing of ours
         self.connections += 1
-        self._reading_paused = False
-        # Resend what the broker has not acknowledged, in order, before anything else can be
-        # written on this connection (a publish made during the resubscribe must not overtake).
+        self._paused_for.discard("incoming")
+        try:
+            # Subscriptions first (one made while we were away must see what follows), and
+            # nothing is written by anyone else meanwhile: `_conn` is not set yet.
+            await self._sync_subscriptions(conn)
+        except NotConnected:
+            return  # lost again at once; _run goes round
+        self._conn = conn
+        if self._paused_for:
+            conn.pause_reading()
+        # Then what the broker has not acknowledged, in order (publishes made while we were
+        # away included), before any new publish can be written.
         for pid, out in list(self._inflight.items()):
             conn.write_publish(out.topic, out.payload, 1, out.retain, pid, True)
         try:
-            if not conn.session_present or s.clean_session:
-                filters = sorted(self._filter_refs)
-                if filters:
-                    qos = {
-                        f: max(sub.qos for sub in self._subs if sub.filter == f) for f in filters
-                    }
-                    granted = await conn.subscribe([(f, qos[f]) for f in filters])
-                    for f, g in zip(filters, granted, strict=False):
-                        if g == 0x80:
-                            log.error("%s: broker refused subscription to %s", self.client_id, f)
+            await self._sync_subscriptions(conn)  # any made during the first round
         except NotConnected:
-            return  # lost again at once; _run goes round
+            return
         self.connected.set()
         if self._on_connect is not None:
-            try:
-                await self._on_connect(self.connections > 1)
-            except BusError as exc:
-                log.warning("%s: on-connect hook failed: %s", self.client_id, exc)
+            # Its own task: a hook that publishes must not hold up the reconnect loop.
+            self._hook = asyncio.create_task(self._run_hook(self.connections > 1))
+
+    async def _run_hook(self, reconnected: bool) -> None:
+        assert self._on_connect is not None
+        try:
+            await self._on_connect(reconnected)
+        except BusError as exc:
+            log.warning("%s: on-connect hook failed: %s", self.client_id, exc)
+
+    async def _sync_subscriptions(self, conn: Connection) -> None:
+        """Make the broker's session hold exactly the filters subscribed here."""
+        wanted = set(self._filter_refs)
+        missing = sorted(wanted - self._confirmed)
+        extra = sorted(self._confirmed - wanted)
+        if missing:
+            qos = {f: max(sub.qos for sub in self._subs if sub.filter == f) for f in missing}
+            granted = await conn.subscribe([(f, qos[f]) for f in missing])
+            for f, g in zip(missing, granted, strict=False):
+                if g == 0x80:
+                    log.error("%s: broker refused subscription to %s", self.client_id, f)
+                else:
+                    self._confirmed.add(f)
+        if extra:
+            await conn.unsubscribe(extra)
+            self._confirmed.difference_update(extra)
 
     def _on_lost(self, generation: int, exc: BaseException | None) -> None:
         if generation == self._generation:
@@ -372,14 +419,18 @@ class Bus:
                 else:
                     keep.append(msg)
             self._unclaimed = keep
+            if len(keep) < self.settings.queue_size:
+                self._set_paused(unclaimed=False)
         self._filter_refs[sub.filter] = self._filter_refs.get(sub.filter, 0) + 1
         conn = self._conn
         if conn is None:
-            return  # subscribed on (re)connection
+            return  # sent on the next connection (_sync_subscriptions)
         try:
             granted = await conn.subscribe([(sub.filter, sub.qos)])
         except NotConnected:
-            return
+            return  # the next connection sends it
+        if granted and granted[0] != 0x80:
+            self._confirmed.add(sub.filter)
         if granted and granted[0] == 0x80:
             await self._remove_subscription(sub)
             raise TopicError(
@@ -398,20 +449,35 @@ class Bus:
             return
         self._filter_refs.pop(sub.filter, None)
         conn = self._conn
-        if conn is not None and not self._closing:
-            with contextlib.suppress(NotConnected):
+        if conn is not None and not self._closing and sub.filter in self._confirmed:
+            with contextlib.suppress(NotConnected):  # else the next connection unsubscribes
                 await conn.unsubscribe([sub.filter])
+                self._confirmed.discard(sub.filter)
+
+    def _set_paused(self, *, incoming: bool | None = None, unclaimed: bool | None = None) -> None:
+        """Stop reading the socket while any buffer is full; read again when none is."""
+        before = bool(self._paused_for)
+        for reason, on in (("incoming", incoming), ("unclaimed", unclaimed)):
+            if on is True:
+                self._paused_for.add(reason)
+            elif on is False:
+                self._paused_for.discard(reason)
+        after = bool(self._paused_for)
+        conn = self._conn
+        if conn is not None and before != after:
+            if after:
+                conn.pause_reading()
+            else:
+                conn.resume_reading()
 
     def _deliver(self, message: Incoming) -> None:
-        # Fast path: nothing waiting before it and room in every queue it goes to: route it now,
-        # without a hop through the dispatcher task (one event-loop turn less per message).
-        if not self._incoming and self._route_now(message):
+        # Fast path: nothing waiting before it (nor being placed) and room in every queue it
+        # goes to: route it now, without a hop through the dispatcher (one loop turn less).
+        if not self._incoming and not self._routing and self._route_now(message):
             return
         self._incoming.append(message)
-        if len(self._incoming) >= self.settings.queue_size and not self._reading_paused:
-            self._reading_paused = True
-            if self._conn is not None:
-                self._conn.pause_reading()
+        if len(self._incoming) >= self.settings.queue_size:
+            self._set_paused(incoming=True)
         self._incoming_ready.set()
 
     async def _dispatch(self) -> None:
@@ -429,11 +495,13 @@ class Bus:
             while incoming:
                 item = incoming.popleft()
                 count += 1
-                if self._reading_paused and len(incoming) <= low_water:
-                    self._reading_paused = False
-                    if self._conn is not None:
-                        self._conn.resume_reading()
-                await self._route(item)
+                if "incoming" in self._paused_for and len(incoming) <= low_water:
+                    self._set_paused(incoming=False)
+                self._routing = True
+                try:
+                    await self._route(item)
+                finally:
+                    self._routing = False
             received.inc(count)
 
     def _targets(self, topic: str) -> tuple[tuple[Subscription, ...], TopicSpec | None]:
@@ -464,7 +532,7 @@ class Bus:
         msg: Message[Any] = Message(
             item.topic, payload, env, spec, item.qos, item.retain, item.payload
         )
-        if env.corr is not None:
+        if env.corr is not None and self._pending and item.topic == self._reply_to:
             fut = self._pending.pop(env.corr, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -520,12 +588,16 @@ class Bus:
         if item.retain or any(matches(f, msg.topic) for f in self._closed_filters):
             return
         self._unclaimed.append(msg)
-        if len(self._unclaimed) > self.settings.queue_size:
-            self._unclaimed.popleft()
-            self.metrics.unclaimed_dropped.inc()
-            log.warning(
-                "%s: dropped an unclaimed message (no subscription wants it)", self.client_id
-            )
+        if len(self._unclaimed) >= self.settings.queue_size:
+            # Nothing acknowledged is dropped: stop reading until a subscription claims these.
+            if "unclaimed" not in self._paused_for:
+                log.warning(
+                    "%s: %d messages wait for a subscription (e.g. to %s); reading paused",
+                    self.client_id,
+                    len(self._unclaimed),
+                    msg.topic,
+                )
+            self._set_paused(unclaimed=True)
 
     async def _reject(self, item: Incoming, reason: str) -> None:
         self.metrics.rejected.inc()
@@ -561,8 +633,11 @@ class Bus:
         """Send a request and wait for the reply (RequestTimeout after `timeout` seconds)."""
         from bus.errors import RequestTimeout
 
-        if self._reply_sub is None:
-            self._reply_sub = await self.subscribe(self.reply_topic)
+        if self._reply_sub is None:  # set before the await: concurrent requests share it
+            self._reply_sub = self.subscribe(self.reply_topic)
+            await self._reply_sub.start()
+        elif not self._reply_sub.active:
+            await self._reply_sub.start()
         corr = self._ids()
         fut: asyncio.Future[Message[Any]] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut

@@ -13,7 +13,7 @@ from collections.abc import ItemsView
 from dataclasses import dataclass
 from typing import Any
 
-from bus.errors import BusError
+from bus.errors import BusError, NotConnected
 
 __all__ = ["Inflight", "Outgoing"]
 
@@ -39,6 +39,7 @@ class Inflight:
         self._window.set()
         self._all_acked = asyncio.Event()
         self._all_acked.set()
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -47,10 +48,12 @@ class Inflight:
         return self._items.items()
 
     async def reserve(self) -> None:
-        """Wait for room in the window."""
-        while len(self._items) >= self.limit:
+        """Wait for room in the window (NotConnected once the bus closed)."""
+        while len(self._items) >= self.limit and not self.closed:
             self._window.clear()
             await self._window.wait()
+        if self.closed:
+            raise NotConnected("bus closed")
 
     def add(
         self, topic: bytes, payload: bytes, retain: bool, done: asyncio.Future[None] | None
@@ -85,6 +88,7 @@ class Inflight:
 
     def fail_all(self, error: BaseException) -> None:
         """Nobody will acknowledge these any more (the bus closed): release every waiter."""
+        self.closed = True
         for out in self._items.values():
             if out.done is not None and not out.done.done():
                 out.done.set_exception(error)

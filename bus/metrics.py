@@ -12,11 +12,6 @@ REJECTED = Counter(
 DEAD_LETTERED = Counter(
     "mapleverse_bus_dead_lettered", "Rejected payloads sent to the DLQ", ["client"]
 )
-UNCLAIMED_DROPPED = Counter(
-    "mapleverse_bus_unclaimed_dropped",
-    "Received messages no subscription claimed before the unclaimed buffer was full",
-    ["client"],
-)
 RECONNECTS = Counter("mapleverse_bus_reconnects", "Connections re-established", ["client"])
 QUEUE_DEPTH = Gauge("mapleverse_bus_queue_depth", "Incoming messages waiting", ["client"])
 INFLIGHT = Gauge("mapleverse_bus_inflight", "QoS 1 publishes awaiting acknowledgement", ["client"])
@@ -37,7 +32,6 @@ class ClientMetrics:
         self.rejected = REJECTED.labels(client)
         self.dead_lettered = DEAD_LETTERED.labels(client)
         self.reconnects = RECONNECTS.labels(client)
-        self.unclaimed_dropped = UNCLAIMED_DROPPED.labels(client)
         self.queue_depth = QUEUE_DEPTH.labels(client)
         self.inflight = INFLIGHT.labels(client)
         self.publish_latency = PUBLISH_LATENCY.labels(client)

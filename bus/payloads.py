@@ -40,6 +40,7 @@ class Heartbeat(Payload):
     epoch: int = Field(ge=0)
     seq: int = Field(ge=0)
     sent: float = Field(description="Sender's wall clock, seconds since the epoch.")
+    interval: float | None = Field(default=None, gt=0, description="Seconds to the next beat.")
 
 
 class Command(Payload):

@@ -127,6 +127,7 @@ class MqttConnection(Connection):
         self._p = proto
         self._next_pid = 0
         self._keepalive = keepalive
+        self.reading_paused = False
         self._ping_handle: asyncio.TimerHandle | None = None
         if keepalive:
             self._schedule_ping()
@@ -138,7 +139,9 @@ class MqttConnection(Connection):
         p = self._p
         if p.closed:
             return
-        if p.loop.time() - p.last_rx > self._keepalive * 1.5:
+        # While we are not reading (backpressure) the broker's answers wait in the socket: no
+        # verdict then. The broker applies the 1.5 x keepalive rule to our PINGREQs anyway.
+        if not self.reading_paused and p.loop.time() - p.last_rx > self._keepalive * 1.5:
             p._fail(TimeoutError("no traffic from the broker within 1.5 x keepalive"))
             return
         p.write(packets.PINGREQ)
@@ -183,10 +186,13 @@ class MqttConnection(Connection):
 
     def pause_reading(self) -> None:
         if self._p.transport is not None and not self._p.closed:
+            self.reading_paused = True
             self._p.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self._p.transport is not None and not self._p.closed:
+            self.reading_paused = False
+            self._p.last_rx = self._p.loop.time()  # the silence was ours
             self._p.transport.resume_reading()
 
     async def close(self) -> None:
@@ -199,8 +205,10 @@ class MqttConnection(Connection):
         p.write(packets.DISCONNECT)
         p.flush()
         p.transport.close()  # sends what is buffered first
-        with contextlib.suppress(TimeoutError):  # a stuck peer must not hang the shutdown
+        try:
             await asyncio.wait_for(p.gone.wait(), 10.0)
+        except TimeoutError:  # a peer that stopped reading must not hang the shutdown
+            p.transport.abort()
 
     def abort(self) -> None:
         if self._ping_handle is not None:
@@ -254,6 +262,10 @@ class MqttTransport(Transport):
                 host=params.host,
                 port=params.port,
             ) from exc
+        except BaseException:  # cancelled mid-handshake: leave no socket behind
+            if proto.transport is not None:
+                proto.transport.abort()
+            raise
         if code != 0:
             proto.closing = True
             if proto.transport is not None:

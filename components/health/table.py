@@ -107,6 +107,8 @@ class HealthTable:
         changed = entry.state != "online" or beat.epoch != entry.epoch
         entry.state, entry.epoch = "online", beat.epoch
         entry.last_seen, entry.last_seen_wall, entry.last_seq = now, wall, beat.seq
+        if beat.interval is not None:
+            entry.interval = beat.interval
         return changed
 
     def sweep(self, now: float) -> bool:
@@ -117,7 +119,8 @@ class HealthTable:
             if entry.state == "online" and silent > self.missed_beats * entry.interval:
                 entry.state = "stale"
                 changed = True
-            elif entry.state == "offline" and silent > self.forget_after:
+            elif entry.state in ("offline", "stale") and silent > self.forget_after:
+                # a stale one too: one that hung and never came back sends no death
                 del self.entries[key]
                 changed = True
         return changed

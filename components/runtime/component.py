@@ -142,7 +142,9 @@ class Component:
         next_at = loop.time()
         while True:
             if self.bus.connected.is_set():  # a stale beat queued for later would lie
-                beat = Heartbeat(epoch=self.epoch, seq=self.seq, sent=time.time())
+                beat = Heartbeat(
+                    epoch=self.epoch, seq=self.seq, sent=time.time(), interval=interval
+                )
                 self.seq += 1
                 with contextlib.suppress(BusError):
                     await self.bus.publish(self.heartbeat_topic, beat)
@@ -175,7 +177,8 @@ class Component:
         # An old Will can land after our birth and sit there retained: put the birth back.
         async for msg in self.bus.subscribe(self.status_topic):
             status = msg.payload
-            if isinstance(status, Status) and status.epoch < self.epoch:
+            # Not before the first birth: that one waits for main() to be serving.
+            if self._born_once and isinstance(status, Status) and status.epoch < self.epoch:
                 await self.bus.publish(self.status_topic, self._status("online"))
 
     # -- lifecycle ------------------------------------------------------------------------------
