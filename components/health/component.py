@@ -64,10 +64,11 @@ class HealthMonitor(Component):
                 self._changed.set()
             # wake just after the next possible expiry, or when the table changed
             self._rearm.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (stop())
+            # that lands as the event fires, and the loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._rearm.wait(), min(self.table.next_deadline(now) + 0.005, 1.0)
-                )
+                async with asyncio.timeout(min(self.table.next_deadline(now) + 0.005, 1.0)):
+                    await self._rearm.wait()
 
     def summary(self) -> HealthSummary:
         rows = self.table.rows()
@@ -87,7 +88,8 @@ class HealthMonitor(Component):
         interval = self.settings.health_publish_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._changed.wait()
             self._changed.clear()
             await self.republish(bus)
             await asyncio.sleep(0.05)  # coalesce bursts: at most 20 summaries a second

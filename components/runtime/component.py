@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from bus import Bus, BusError, Message
 from bus.payloads import Command, Heartbeat, Status
@@ -79,6 +79,7 @@ class Component:
         self.ready = asyncio.Event()
         self._serving = asyncio.Event()
         self._born_once = False
+        self._birth_epoch: int | None = None  # the epoch of the last birth published
         self._stop = asyncio.Event()
 
     # -- to override -------------------------------------------------------------------------
@@ -106,12 +107,16 @@ class Component:
         """Hand work over before stopping (the `drain` command). Default: nothing."""
 
     # -- health ---------------------------------------------------------------------------------
-    def _status(self, state: str) -> Status:
+    async def _publish_birth(self) -> None:
+        self._birth_epoch = self.epoch
+        await self.bus.publish(self.status_topic, self._status("online"))
+
+    def _status(self, state: Literal["online", "offline"], epoch: int | None = None) -> Status:
         return Status(
             state=state,
             kind=self.kind,
             id=self.id,
-            epoch=self.epoch,
+            epoch=self.epoch if epoch is None else epoch,
             version=VERSION,
             pid=os.getpid(),
             topics=self.serves(),
@@ -127,7 +132,11 @@ class Component:
         self.seq = 0
         if not self._born_once:
             return  # the first birth waits for main() to be serving (run())
-        await self.bus.publish(self.status_topic, self._status("online"))
+        if self._birth_epoch is not None and self._birth_epoch < self.epoch:
+            # The previous session's death, in case its Will never fired: a broker drops the
+            # Will when our reconnect takes the session over before it saw the old socket close.
+            await self.bus.publish(self.status_topic, self._status("offline", self._birth_epoch))
+        await self._publish_birth()
         if reconnected:
             self.log.info("reconnected (epoch %d)", self.epoch)
 
@@ -205,7 +214,7 @@ class Component:
                     await asyncio.wait_for(self._serving.wait(), self.birth_grace)
                 self._born_once = True
                 self.seq = 0
-                await self.bus.publish(self.status_topic, self._status("online"))
+                await self._publish_birth()
                 self.ready.set()
                 await self._stop.wait()
                 for task in tasks:
