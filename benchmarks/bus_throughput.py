@@ -321,11 +321,6 @@ def main() -> int:
             workdir / "acl",
             autosave_on_changes=False,
         )
-        if os.environ.get("BENCH_QUEUED"):
-            conf = conf.replace(
-                "max_queued_messages 10000", "max_queued_messages " + os.environ["BENCH_QUEUED"]
-            )
-            conf = conf.replace("max_queued_bytes 16777216", "max_queued_bytes 0")
         (workdir / "mosquitto.conf").write_text(conf)
         return handle
 
