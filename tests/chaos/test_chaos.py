@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 from brokers import BrokerHandle
+from helpers import next_matching, reap
 
 from bus import Bus, BusSettings, MemoryBroker, Message, MqttTransport, Subscription
 from bus.payloads import HealthSummary, Heartbeat, Status
@@ -115,7 +116,7 @@ class Rig:
                 [sys.executable, "-m", "components", "component", name],
                 env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
-        self.stack.callback(_reap, proc)
+        self.stack.callback(reap, proc)
         return proc
 
 
@@ -141,18 +142,6 @@ async def _stop(component: Component, task: asyncio.Task[None]) -> bool:
         if done:
             break
     return False
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """End a child this test started, by its pid: SIGCONT (if stopped), SIGTERM, SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -301,20 +290,6 @@ async def watch(rig: Rig, id: str) -> Watch:
         await bus.subscribe(t.component.heartbeat(kind="echo", id=id)),
         await bus.subscribe(t.health()),
     )
-
-
-async def next_matching(
-    sub: Subscription, predicate: Callable[[Message[Any]], bool], timeout: float = TIMEOUT
-) -> Message[Any]:
-    """The first message on `sub` satisfying `predicate`; the ones before it are skipped."""
-
-    async def scan() -> Message[Any]:
-        while True:
-            msg = await sub.get()
-            if predicate(msg):
-                return msg
-
-    return await asyncio.wait_for(scan(), timeout)
 
 
 def status_is(state: str, epoch: Callable[[int], bool] = lambda e: True) -> Callable[..., bool]:

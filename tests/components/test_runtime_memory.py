@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from helpers import next_matching
 
-from bus import Bus, BusSettings, MemoryBroker, Message, Subscription
+from bus import Bus, BusSettings, MemoryBroker, Message
 from bus.payloads import (
     Command,
     ComponentHealth,
@@ -91,20 +92,6 @@ async def platform(root: str) -> AsyncIterator[Platform]:
             component.stop()
         for task in tasks.values():
             await asyncio.wait_for(task, TIMEOUT)
-
-
-async def next_matching(
-    sub: Subscription, predicate: Callable[[Message[Any]], bool], timeout: float = TIMEOUT
-) -> Message[Any]:
-    """The first message on `sub` that satisfies `predicate` (others are skipped)."""
-
-    async def scan() -> Message[Any]:
-        while True:
-            msg = await sub.get()
-            if predicate(msg):
-                return msg
-
-    return await asyncio.wait_for(scan(), timeout)
 
 
 def row(summary: HealthSummary, kind: str, id: str) -> ComponentHealth | None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 from brokers import BrokerHandle, Cap
+from helpers import next_matching, reap
 from prometheus_client import REGISTRY
 
 from bus import Bus, BusSettings, ConnectionFailed, Message, RequestTimeout, Subscription
@@ -137,7 +138,7 @@ class Site:
                 [sys.executable, "-m", "components", "component", name],
                 env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
-        self.stack.callback(_reap, proc)
+        self.stack.callback(reap, proc)
         return proc
 
     async def restart_broker(self) -> None:
@@ -159,18 +160,6 @@ async def _stop(component: Component, task: asyncio.Task[None]) -> None:
         task.cancel()
     if task.done() and not task.cancelled():
         task.result()
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """End a child this test started, by its pid: SIGCONT (if stopped), SIGTERM, SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -196,20 +185,6 @@ async def private_site(
 
 
 # -- waiting and counting ----------------------------------------------------------------------
-
-
-async def next_matching(
-    sub: Subscription, predicate: Callable[[Message[Any]], bool], timeout: float = TIMEOUT
-) -> Message[Any]:
-    """The first message on `sub` satisfying `predicate`; the ones before it are skipped."""
-
-    async def scan() -> Message[Any]:
-        while True:
-            msg = await sub.get()
-            if predicate(msg):
-                return msg
-
-    return await asyncio.wait_for(scan(), timeout)
 
 
 async def waiting(sub: Subscription) -> list[Message[Any]]:
