@@ -1,4 +1,4 @@
-"""Small helpers the test tiers share: waiting on a message, reaping a child process.
+"""Small helpers the test tiers share: waiting on a message, running a component process.
 
 Imported as `helpers` (pytest's pythonpath has tests/, see pyproject.toml).
 """
@@ -6,14 +6,19 @@ Imported as `helpers` (pytest's pythonpath has tests/, see pyproject.toml).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bus import Message, Subscription
 
-__all__ = ["next_matching", "reap"]
+__all__ = ["next_matching", "reap", "spawn_component"]
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def next_matching(
@@ -40,3 +45,36 @@ def reap(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def spawn_component(
+    handle: Any,
+    name: str,
+    *,
+    root: str,
+    id: str,
+    log_dir: Path,
+    heartbeat_interval: float,
+    reconnect_min: float,
+    reconnect_max: float,
+) -> subprocess.Popen[bytes]:
+    """`python -m components component NAME` as its own process, as a fresh component user of
+    the test broker `handle`; its output goes to `<log_dir>/<name>-<id>.log`. Reap it after."""
+    username, password = handle.user("component")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
+    env.update(
+        MAPLEVERSE_HOST=handle.host,
+        MAPLEVERSE_PORT=str(handle.port),
+        MAPLEVERSE_USERNAME=username,
+        MAPLEVERSE_PASSWORD=password,
+        MAPLEVERSE_ROOT=root,
+        MAPLEVERSE_ID=id,
+        MAPLEVERSE_HEARTBEAT_INTERVAL=str(heartbeat_interval),
+        MAPLEVERSE_RECONNECT_MIN=str(reconnect_min),
+        MAPLEVERSE_RECONNECT_MAX=str(reconnect_max),
+    )
+    with (log_dir / f"{name}-{id}.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "components", "component", name],
+            env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 from brokers import BrokerHandle, Cap
-from helpers import next_matching, reap
+from helpers import next_matching, reap, spawn_component
 from prometheus_client import REGISTRY
 
 from bus import Bus, BusSettings, ConnectionFailed, Message, RequestTimeout, Subscription
@@ -120,24 +119,11 @@ class Site:
         self, name: str, *, id: str, heartbeat_interval: float = 0.3
     ) -> subprocess.Popen[bytes]:
         """`python -m components component NAME` as a process of its own; ended after the test."""
-        username, password = self.handle.user("component")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
-        env.update(
-            MAPLEVERSE_HOST=self.handle.host,
-            MAPLEVERSE_PORT=str(self.handle.port),
-            MAPLEVERSE_USERNAME=username,
-            MAPLEVERSE_PASSWORD=password,
-            MAPLEVERSE_ROOT=self.root,
-            MAPLEVERSE_ID=id,
-            MAPLEVERSE_HEARTBEAT_INTERVAL=str(heartbeat_interval),
-            MAPLEVERSE_RECONNECT_MIN=str(FAST["reconnect_min"]),
-            MAPLEVERSE_RECONNECT_MAX=str(FAST["reconnect_max"]),
-        )
-        with (self.tmp / f"{name}-{id}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "components", "component", name],
-                env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )  # fmt: skip
+        proc = spawn_component(
+            self.handle, name, root=self.root, id=id, log_dir=self.tmp,
+            heartbeat_interval=heartbeat_interval, reconnect_min=FAST["reconnect_min"],
+            reconnect_max=FAST["reconnect_max"],
+        )  # fmt: skip
         self.stack.callback(reap, proc)
         return proc
 
