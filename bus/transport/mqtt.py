@@ -29,7 +29,7 @@ class _Protocol(asyncio.Protocol):
         self.sink = sink
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.decoder = packets.Decoder()
+        self.rest = b""  # the start of a packet whose end has not arrived
         self.connack: asyncio.Future[tuple[bool, int]] = loop.create_future()
         self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.out: list[bytes] = []
@@ -54,29 +54,65 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
-        try:
-            items = self.decoder.feed(data)
-        except packets.ProtocolViolation as exc:
-            self._fail(exc)
-            return
+        if self.rest:
+            data = self.rest + data
+            self.rest = b""
+        # The hot path, fused: PUBLISH packets are parsed in place (one copy of the payload,
+        # no intermediate packet objects); the rare others go through `_control`.
         sink = self.sink
-        for kind, flags, body in items:
-            if kind == packets.PUBLISH:
-                topic, payload, qos, retain, dup, pid = packets.parse_publish(flags, body)
-                sink.deliver(Incoming(topic, payload, min(qos, 1), retain, dup))
+        n = len(data)
+        pos = 0
+        while n - pos >= 2:
+            first = data[pos]
+            i = pos + 1
+            length = 0
+            shift = 0
+            while True:
+                if i >= n:
+                    self.rest = data[pos:]
+                    return
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    self._fail(packets.ProtocolViolation("malformed remaining length"))
+                    return
+            end = i + length
+            if end > n:
+                break
+            kind = first & 0xF0
+            if kind == 0x30:  # PUBLISH
+                qos = (first >> 1) & 0x03
+                tend = i + 2 + ((data[i] << 8) | data[i + 1])
+                topic = data[i + 2 : tend].decode("utf-8", "replace")
                 if qos:
+                    pid = (data[tend] << 8) | data[tend + 1]
+                    sink.deliver(
+                        Incoming(topic, data[tend + 2 : end], 1, bool(first & 1), bool(first & 8))
+                    )
                     self.write(packets.puback(pid))
-            elif kind == packets.PUBACK:
-                sink.acked(packets.parse_pid(body))
-            elif kind == packets.CONNACK:
-                if not self.connack.done() and len(body) >= 2:
-                    self.connack.set_result((bool(body[0] & 1), body[1]))
-            elif kind in (packets.SUBACK, packets.UNSUBACK):
-                fut = self.pending.pop(packets.parse_pid(body), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(body[2:])
-            elif kind == packets.PINGRESP:
-                pass
+                else:
+                    sink.deliver(Incoming(topic, data[tend:end], 0, bool(first & 1), False))
+            else:
+                self._control(kind, data[i:end])
+            pos = end
+        if pos < n:
+            self.rest = data[pos:]
+
+    def _control(self, kind: int, body: bytes) -> None:
+        if kind == packets.PUBACK:
+            self.sink.acked(packets.parse_pid(body))
+        elif kind == packets.CONNACK:
+            if not self.connack.done() and len(body) >= 2:
+                self.connack.set_result((bool(body[0] & 1), body[1]))
+        elif kind in (packets.SUBACK, packets.UNSUBACK):
+            fut = self.pending.pop(packets.parse_pid(body), None)
+            if fut is not None and not fut.done():
+                fut.set_result(body[2:])
+        # PINGRESP needs nothing beyond last_rx
 
     def pause_writing(self) -> None:
         self.write_paused = True
