@@ -44,6 +44,20 @@ services:
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null) \
 	    || echo "could not install$$missing: those test tiers will be skipped (or fail with CI=true)"; \
 	fi
+	@# PostgreSQL and Redis: the integration tier uses the local servers; start them if they are
+	@# installed but down (as root), else that tier says what is missing.
+	@if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+	  if command -v pg_ctlcluster >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "starting PostgreSQL"; \
+	    pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start || true; \
+	  fi; \
+	fi
+	@if command -v redis-cli >/dev/null && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
+	  if command -v redis-server >/dev/null; then \
+	    echo "starting Redis"; \
+	    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true; \
+	  fi; \
+	fi
 	@if command -v npm >/dev/null && [ ! -f $(NODE_STAMP) ]; then \
 	  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
 	fi

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
@@ -70,6 +71,7 @@ def _describe(model: type[BaseSettings], error: dict[str, Any]) -> str:
     info = model.model_fields.get(field)
     desc = f" ({info.description})" if info is not None and info.description else ""
     expects = _EXPECT.get(error.get("type", ""), error.get("msg", "a valid value"))
+    expects = expects.removeprefix("Value error, ")
     if error.get("type") in (
         "greater_than_equal",
         "less_than_equal",
@@ -81,7 +83,12 @@ def _describe(model: type[BaseSettings], error: dict[str, Any]) -> str:
         expects = error.get("msg", "").lower()
     if error.get("type") == "missing":
         return f"{var} is missing, and has no default{desc}"
-    return f"{var}: expected {expects}{desc}, got {error.get('input')!r}"
+    got = error.get("input")
+    if "password" in field or "secret" in field:
+        got = "***"
+    elif isinstance(got, str):
+        got = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", got)  # a password inside a URL
+    return f"{var}: expected {expects}{desc}, got {got!r}"
 
 
 def load_settings(model: type[S], **overrides: Any) -> S:

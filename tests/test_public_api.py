@@ -16,6 +16,7 @@ PACKAGES = [
     "components.runtime",
     "components.health",
     "components.echo",
+    "store",
 ]
 
 

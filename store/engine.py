@@ -1,0 +1,195 @@
+"""Opening the store: an async SQLAlchemy engine, migrated to head, and its typed helpers.
+
+    store = await open_store(load_settings(StoreSettings))
+    try:
+        version = await store.put_snapshot("region", "r1", "state", {"tick": 1})
+        async with store.session() as session:  # one transaction, committed on exit
+            ...
+    finally:
+        await store.close()
+
+SQLite (the embedded default) runs in WAL mode with foreign keys on and real transactions
+(BEGIN emitted by us, so DDL and savepoints are transactional); PostgreSQL runs through psycopg 3.
+Both get the same Alembic migrations, applied at open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from bus.settings import load_settings
+from store import models
+from store.errors import MigrationFailed, QueryFailed, StoreError, StoreUnavailable
+from store.models import JsonObject, LogEntry, Snapshot
+from store.settings import StoreSettings
+
+__all__ = ["MIGRATIONS", "Store", "open_store"]
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Held while migrating so two processes opening one PostgreSQL database do not race.
+_MIGRATION_LOCK = 0x4D56_5354  # "MVST"
+_SQLITE_BEGIN = "mapleverse_sqlite_begin"
+
+
+class Store:
+    """An open store: transactions through `session()`, typed helpers, `close()` at the end."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self.url = url  # password masked
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An `AsyncSession` in a transaction: committed on exit, rolled back on an exception."""
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            raise StoreUnavailable(_reason(exc), url=self.url) from exc
+        except SQLAlchemyError as exc:
+            raise QueryFailed(_reason(exc), url=self.url) from exc
+
+    async def close(self) -> None:
+        """Close every pooled connection; the store is not to be used afterwards."""
+        await self.engine.dispose()
+
+    async def get_snapshot(self, owner_kind: str, owner_id: str, key: str) -> Snapshot | None:
+        """The snapshot under (owner_kind, owner_id, key), or None."""
+        async with self.session() as session:
+            return await models.get_snapshot(session, owner_kind, owner_id, key)
+
+    async def list_snapshots(self, owner_kind: str, owner_id: str | None = None) -> list[Snapshot]:
+        """Every snapshot of an owner kind (or one owner), ordered by owner id then key."""
+        async with self.session() as session:
+            return await models.list_snapshots(session, owner_kind, owner_id)
+
+    async def put_snapshot(
+        self,
+        owner_kind: str,
+        owner_id: str,
+        key: str,
+        payload: JsonObject,
+        expected_version: int | None = None,
+    ) -> int:
+        """Store `payload`, return the new version; a stale expected_version: VersionConflict."""
+        async with self.session() as session:
+            return await models.put_snapshot(
+                session, owner_kind, owner_id, key, payload, expected_version
+            )
+
+    async def append(self, stream: str, term: int, payload: JsonObject) -> int:
+        """Append to `stream` at the next index and return it; a racing writer: LogConflict."""
+        async with self.session() as session:
+            return await models.append(session, stream, term, payload)
+
+    async def read(
+        self, stream: str, from_index: int = 1, limit: int | None = None
+    ) -> list[LogEntry]:
+        """Entries of `stream` from `from_index` on, in index order (at most `limit`)."""
+        async with self.session() as session:
+            return await models.read(session, stream, from_index, limit)
+
+    async def last_index(self, stream: str) -> int:
+        """The last index of `stream` (0 when empty)."""
+        async with self.session() as session:
+            return await models.last_index(session, stream)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {exc.orig}".strip()
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+def _masked(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable url>"
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Turn off the driver's own BEGIN handling; we emit BEGIN in _on_begin below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # Migrations ask for BEGIN IMMEDIATE: the write lock first, so two processes opening one
+        # fresh file take turns instead of failing on a stale read of alembic_version.
+        connection.exec_driver_sql(connection.get_execution_options().get(_SQLITE_BEGIN, "BEGIN"))
+
+
+def _make_sqlite_dir(url: URL) -> None:
+    """A SQLite file's folder is created on first open (the default lives in .mapleverse/)."""
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def open_store(settings: StoreSettings | None = None) -> Store:
+    """Open the database in `settings` (default: from the environment), migrated to head."""
+    settings = settings or load_settings(StoreSettings)
+    masked = _masked(settings.url)
+    try:
+        url = make_url(settings.url)
+        _make_sqlite_dir(url)
+        engine = create_async_engine(url, echo=settings.echo, pool_pre_ping=True)
+    except (ArgumentError, ImportError, OSError, SQLAlchemyError) as exc:
+        raise StoreUnavailable(_reason(exc), url=masked) from exc
+    if engine.dialect.name == "sqlite":
+        _sqlite_pragmas(engine)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (OSError, SQLAlchemyError) as exc:
+        await engine.dispose()
+        raise StoreUnavailable(_reason(exc), url=masked) from exc
+    try:
+        async with engine.connect() as connection:
+            await connection.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+            async with connection.begin():
+                await connection.run_sync(_upgrade)
+    except Exception as exc:  # alembic raises its own errors and the driver's alike
+        await engine.dispose()
+        if isinstance(exc, StoreError):
+            raise
+        raise MigrationFailed(_reason(exc), url=masked) from exc
+    return Store(engine, masked)
