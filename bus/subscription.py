@@ -163,6 +163,31 @@ class Subscription:
             raise item
         return cast("Message[Any]", item)
 
+    async def get_many(self, limit: int = 1024) -> list[Message[Any]]:
+        """Every message waiting (at most `limit`), waiting for the first: for a consumer of a
+        high-rate topic, one wake-up per burst instead of one per message."""
+        first = await self.get()
+        batch = [first]
+        items = self.queue._items
+        while items and len(batch) < limit:
+            item = items[0]
+            if isinstance(item, BaseException):
+                break  # raised by the next get()
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    def batches(self, limit: int = 1024) -> AsyncIterator[list[Message[Any]]]:
+        """`async for batch in sub.batches()`: lists of the messages waiting, in order."""
+        return self._iterate_batches(limit)
+
+    async def _iterate_batches(self, limit: int) -> AsyncIterator[list[Message[Any]]]:
+        await self.start()
+        try:
+            while True:
+                yield await self.get_many(limit)
+        finally:
+            await self.close()
+
     def _fail(self, error: BaseException) -> None:
         self.error = error
         with contextlib.suppress(asyncio.QueueFull):  # a full queue: get() raises once drained
