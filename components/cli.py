@@ -212,7 +212,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated component names (default: the registry's default set)",
     )
-    broker = sub.add_parser("broker", help="the embedded broker alone")
+    broker = sub.add_parser(
+        "broker",
+        help="the embedded broker alone (users: MAPLEVERSE_BROKER_USERS_FILE, "
+        "else those of `up` in the state dir)",
+    )
     broker.add_argument("args", nargs=argparse.REMAINDER)
     comp = sub.add_parser("component", help="run one component (settings from MAPLEVERSE_*)")
     comp.add_argument("name")
@@ -243,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_component(args.name)
         if args.command == "broker":
             from broker.__main__ import main as broker_main
+
+            users = Path(args.state_dir) / "users.yaml"  # the users `mapleverse up` made
+            if "MAPLEVERSE_BROKER_USERS_FILE" not in os.environ and users.exists():
+                os.environ["MAPLEVERSE_BROKER_USERS_FILE"] = str(users)
 
             return broker_main(args.args)
         if args.command == "up":
