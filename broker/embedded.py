@@ -8,7 +8,9 @@ It binds 127.0.0.1 unless told otherwise, serves MQTT 3.1.1 over TCP and over We
 (subprotocol `mqtt`), refuses anonymous clients, checks passwords against the users file, makes
 the client id the username, applies the ACL of topics.yaml to every PUBLISH and SUBSCRIBE,
 keeps persistent sessions (clean session off) across reconnects, retained messages and Wills.
-Sessions and retained messages live in memory: a restart of the embedded broker loses them.
+Sessions and retained messages live in memory; with `data_dir` set they are saved to
+`<data_dir>/broker-state.json` on a clean stop and restored on start (broker.persistence), so a
+restart keeps them. A kill (SIGKILL, crash) loses what changed since the last start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +27,7 @@ from amqtt.errors import BrokerError as AmqttBrokerError
 from broker.acl import Acl
 from broker.errors import BrokerStartError
 from broker.guard import Guard, GuardAuthPlugin, GuardTopicPlugin
+from broker.persistence import STATE_FILE
 from broker.server import GuardedBroker
 from broker.settings import BrokerSettings
 from broker.users import User, load_users
@@ -85,6 +89,12 @@ class EmbeddedBroker:
         ws = f"{self.host}:{self.ws_port}" if self.ws_port else "off"
         return f"mapleverse-broker listening tcp={self.host}:{self.port} ws={ws}"
 
+    @property
+    def state_file(self) -> Path | None:
+        """Where retained messages and sessions are saved, or None (in memory only)."""
+        data_dir = self.settings.data_dir
+        return data_dir / STATE_FILE if data_dir is not None else None
+
     def _load_users(self, tree: TopicTree) -> Mapping[str, User]:
         if self._given_users is not None:
             return self._given_users
@@ -124,6 +134,7 @@ class EmbeddedBroker:
             guard=self.guard,
             max_packet_size=self.settings.max_packet_size,
             port_fallback=self.settings.port_fallback,
+            state_file=self.state_file,
         )
         try:
             await broker.start()

@@ -16,7 +16,15 @@ pin `amqtt>=0.12,<0.13`; tests/broker covers each fix):
 * packets larger than `max_packet_size` disconnect the client before their body is read
   (Mosquitto's `max_packet_size`);
 * listeners bind the port asked for or, with `port_fallback`, the next free one, and the bound
-  ports are recorded (`bound_ports`).
+  ports are recorded (`bound_ports`);
+* with a `state_file`, retained messages and persistent sessions (subscriptions, unacknowledged
+  QoS 1/2 messages) are saved on `shutdown()` and restored on `start()` (broker.persistence):
+  shutdown first refuses new clients, drops every connection (Wills are sent, as before; one
+  whose amqtt handler hangs is cancelled after a second), routes the PUBLISHes already
+  acknowledged and lets the broadcast queue drain, so what a publisher got a PUBACK for is
+  saved; messages sent to a subscriber without its PUBACK yet are saved too (and resent);
+* a PUBLISH that amqtt's message loop takes while it sees the disconnect is put back in the
+  session's queue instead of being dropped.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import asyncio
 import contextvars
 import errno
 import logging
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -36,6 +46,7 @@ from amqtt.session import Session
 
 from broker.errors import BrokerStartError
 from broker.guard import CONNACK_ACCEPTED, Guard
+from broker.persistence import BrokerState, Message, SessionState, load_state, save_state
 from bus.topics import matches
 
 __all__ = ["GuardedBroker", "PacketTooLargeError"]
@@ -44,6 +55,8 @@ log = logging.getLogger("broker.server")
 
 _FALLBACK_TRIES = 100
 _TAKEOVER_TIMEOUT = 5.0
+_DRAIN_TIMEOUT = 5.0
+_CLOSE_TIMEOUT = 1.0
 
 
 # The end of the connection being served by the current task (one task per connection).
@@ -94,6 +107,39 @@ class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
                 raise PacketTooLargeError("malformed remaining length")
 
 
+def _abort(handler: BrokerProtocolHandler) -> None:
+    """Drop a connection's socket: amqtt's reader task may survive its cancellation and keep
+    reading (and acknowledging) PUBLISHes while the broker stops."""
+    writer = handler.writer
+    inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)
+    transport = getattr(inner, "transport", None)
+    if isinstance(transport, asyncio.BaseTransport) and hasattr(transport, "abort"):
+        transport.abort()
+
+
+class _InflightRecorder(OrderedDict[int, Any]):
+    """A session's `inflight_out` that remembers every message put in it (for the shutdown)."""
+
+    def __init__(self, current: OrderedDict[int, Any]) -> None:
+        self.seen: list[Any] = []
+        super().__init__()
+        for key, value in current.items():
+            self[key] = value
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.seen.append(value)
+
+    def unacknowledged(self) -> list[Message]:
+        """QoS 1 messages without PUBACK and QoS 2 ones without PUBREC, in order, once each."""
+        found: dict[int, Message] = {}
+        for m in self.seen:
+            ack = m.puback_packet if m.qos == 1 else m.pubrec_packet
+            if m.qos in (1, 2) and ack is None and id(m) not in found:
+                found[id(m)] = Message(m.topic, bytes(m.data), int(m.qos))
+        return list(found.values())
+
+
 class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
     """amqtt's Broker with authentication first, clean takeovers and port fallback."""
 
@@ -104,14 +150,142 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
         guard: Guard,
         max_packet_size: int = 0,
         port_fallback: bool = False,
+        state_file: Path | None = None,
     ) -> None:
         super().__init__(config)
+        self.state_file = state_file
+        self._restore: BrokerState | None = None
+        self._stopping = False
         self.guard = guard
         self.max_packet_size = max_packet_size
         self.port_fallback = port_fallback
         self.bound_ports: dict[str, int] = {}
         self._replaying: set[int] = set()  # id() of sessions (amqtt's Session is unhashable)
         self._connection_done: dict[str, asyncio.Event] = {}
+        self._connection_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._taken: dict[int, list[Any]] = {}  # id(session): messages its loop took, unhandled
+
+    async def start(self) -> None:
+        # Read the state before amqtt starts: a corrupt file is a BrokerStartError naming it.
+        self._restore = load_state(self.state_file) if self.state_file is not None else None
+        self._stopping = False
+        await super().start()
+
+    async def _start_listeners(self) -> None:
+        # amqtt's start() has cleared its tables by now and no client can connect yet.
+        if self._restore is not None:
+            self._apply_state(self._restore)
+            self._restore = None
+        await super()._start_listeners()
+
+    async def shutdown(self) -> None:
+        if self.state_file is not None:
+            self._stopping = True
+            recorders = await self._close_connections()
+            await self._drain_broadcasts()
+            state = self._capture_state(recorders)
+            save_state(self.state_file, state)
+            log.info(
+                "saved %d retained message(s) and %d session(s) to %s",
+                len(state.retained), len(state.sessions), self.state_file,
+            )  # fmt: skip
+        await super().shutdown()
+
+    def _apply_state(self, state: BrokerState) -> None:
+        for m in state.retained:
+            self._retained_messages[m.topic] = RetainedApplicationMessage(
+                None, m.topic, m.payload, m.qos
+            )
+        for saved in state.sessions:
+            handler, session = self.create_offline_session(saved.client_id)
+            session.clean_session = False
+            session.username = saved.username
+            self._sessions[saved.client_id] = (session, handler)
+            for topic_filter, qos in saved.subscriptions:
+                self._subscriptions.setdefault(topic_filter, []).append((session, qos))
+            for m in saved.queued:
+                session.retained_messages.put_nowait(
+                    RetainedApplicationMessage(None, m.topic, m.payload, m.qos)
+                )
+        log.info(
+            "restored %d retained message(s) and %d session(s) from %s",
+            len(state.retained), len(state.sessions), self.state_file,
+        )  # fmt: skip
+
+    async def _close_connections(self) -> dict[str, _InflightRecorder]:
+        """Close every live connection; returns, per client, a record of its outgoing flows."""
+        recorders: dict[str, _InflightRecorder] = {}
+        closing: list[asyncio.Event] = []
+        for client_id, (session, handler) in list(self._sessions.items()):
+            if not session.transitions.is_connected():
+                continue
+            # amqtt drops a message from inflight_out when its flow is cancelled (the handler
+            # stops): record every message that enters it from now on, acknowledged or not.
+            recorders[client_id] = session.inflight_out = _InflightRecorder(session.inflight_out)
+            _abort(handler)
+            await handler.handle_connection_closed()
+            if (done := self._connection_done.get(client_id)) is not None:
+                closing.append(done)
+        if closing:
+            waits = [asyncio.ensure_future(done.wait()) for done in closing]
+            _, pending = await asyncio.wait(waits, timeout=_CLOSE_TIMEOUT)
+            for waiter in pending:
+                waiter.cancel()
+            if pending:  # amqtt's handler can hang on a cancelled reader: end those connections
+                stuck = [
+                    task
+                    for client_id in recorders
+                    if (task := self._connection_tasks.get(client_id)) is not None
+                    and not task.done()
+                ]
+                log.info("cancelling %d connection(s) that did not close", len(stuck))
+                for task in stuck:
+                    task.cancel()
+                if stuck:
+                    await asyncio.wait(stuck, timeout=_CLOSE_TIMEOUT)
+        # A PUBLISH read (and acknowledged) after the disconnect was signalled waits in the
+        # session's delivery queue, which amqtt's message loop no longer reads: route it now.
+        loop = asyncio.get_running_loop()
+        for client_id in recorders:
+            session, handler = self._sessions.get(client_id, (None, None))
+            while session is not None and not session.delivered_message_queue.empty():
+                delivered: asyncio.Future[Any] = loop.create_future()
+                delivered.set_result(session.delivered_message_queue.get_nowait())
+                await self._handle_message_delivery(session, handler, delivered)
+        return recorders
+
+    async def _drain_broadcasts(self) -> None:
+        """Wait until amqtt has routed every message it accepted (to the offline queues)."""
+        loop = asyncio.get_running_loop()
+        deadline, idle = loop.time() + _DRAIN_TIMEOUT, 0
+        while idle < 3 and loop.time() < deadline:
+            idle = idle + 1 if self._broadcast_queue.empty() else 0
+            await asyncio.sleep(0.01)
+
+    def _capture_state(self, recorders: dict[str, _InflightRecorder]) -> BrokerState:
+        retained = [
+            Message(topic, bytes(r.data), int(r.qos or 0))
+            for topic, r in self._retained_messages.items()
+        ]
+        sessions: list[SessionState] = []
+        for client_id, (session, _) in self._sessions.items():
+            if session.clean_session is not False or session.is_anonymous:
+                continue
+            subscriptions = [
+                (topic_filter, int(qos))
+                for topic_filter, subscribers in self._subscriptions.items()
+                for s, qos in subscribers
+                if s is session
+            ]
+            queue = session.retained_messages
+            queued = [queue.get_nowait() for _ in range(queue.qsize())]
+            for m in queued:
+                queue.put_nowait(m)
+            recorder = recorders.get(client_id)
+            unacked = recorder.unacknowledged() if recorder is not None else []
+            messages = unacked + [Message(m.topic, bytes(m.data), int(m.qos or 0)) for m in queued]
+            sessions.append(SessionState(client_id, session.username, subscriptions, messages))
+        return BrokerState(retained, sessions)
 
     async def _create_server_instance(
         self, listener_name: str, listener_type: Any, address: str | None, port: int, ssl: Any
@@ -152,6 +326,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
         peer = f"{remote_address}:{remote_port}"
+        if self._stopping:
+            await writer.close()
+            raise AMQTTError(f"connection from {peer} refused: the broker is stopping")
         try:
             handler, session = await BrokerProtocolHandler.init_from_connect(
                 reader, writer, self.plugins_manager
@@ -171,6 +348,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
             raise MQTTError(f"CONNECT from {peer} refused with code {code}")
         await self._take_over(session.client_id)
         self._connection_done[session.client_id] = _CONNECTION_DONE.get()
+        if (task := asyncio.current_task()) is not None:
+            self._connection_tasks[session.client_id] = task
         return handler, await self._attach_session(session)
 
     async def _take_over(self, client_id: str) -> None:
@@ -220,7 +399,35 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
         self, client_session: Session, handler: BrokerProtocolHandler
     ) -> None:
         self._replaying.discard(id(client_session))
-        await super()._client_message_loop(client_session, handler)
+        # amqtt's loop drops a PUBLISH (already acknowledged) that its delivery waiter takes
+        # after the disconnect was seen; put such a message back in the session's queue.
+        taken: list[Any] = []
+        next_message = handler.mqtt_deliver_next_message
+
+        async def deliver_next() -> Any:
+            message = await next_message()
+            if message is not None:
+                taken.append(message)
+            return message
+
+        handler.mqtt_deliver_next_message = deliver_next
+        self._taken[id(client_session)] = taken
+        try:
+            await super()._client_message_loop(client_session, handler)
+        finally:
+            if self._taken.get(id(client_session)) is taken:
+                del self._taken[id(client_session)]
+            for message in taken:
+                client_session.delivered_message_queue.put_nowait(message)
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: Any
+    ) -> bool:
+        taken = self._taken.get(id(client_session), [])
+        message = wait_deliver.result()
+        taken[:] = [m for m in taken if m is not message]
+        result: bool = await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        return result
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

@@ -9,6 +9,9 @@ MAPLEVERSE_BROKER_ROOT             topic root the ACL applies under (default mv)
 MAPLEVERSE_BROKER_PORT_FALLBACK    take the next free port when a port is in use (true)
 MAPLEVERSE_BROKER_MAX_PACKET_SIZE  largest MQTT packet accepted, bytes (65536; 0 = no limit)
 MAPLEVERSE_BROKER_LOG_LEVEL        DEBUG, INFO, WARNING or ERROR (default INFO)
+MAPLEVERSE_BROKER_DATA_DIR         directory where retained messages and persistent sessions are
+                                   saved on a clean stop and restored on start (default: none,
+                                   they live in memory only)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _EXPECTS = {
     "port_fallback": "true or false",
     "max_packet_size": "a byte count of at least 20, or 0 for no limit",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "data_dir": "the path of a directory for the broker's state (empty or none: in memory only)",
 }
 
 
@@ -55,6 +59,7 @@ class BrokerSettings(BaseSettings):
     port_fallback: bool = True
     max_packet_size: int = Field(default=65536, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: Path | None = None
 
     @field_validator("root")
     @classmethod
@@ -67,6 +72,13 @@ class BrokerSettings(BaseSettings):
     @classmethod
     def _ws_off(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _no_data_dir(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
             return None
         return value
 

@@ -319,8 +319,9 @@ def _start_amqtt(workdir: Path, sizes: dict[str, int]) -> ProcessBroker:
         MAPLEVERSE_BROKER_USERS_FILE=str(workdir / "users.yaml"),
         MAPLEVERSE_BROKER_ROOT=ACL_ROOT,
         MAPLEVERSE_BROKER_PORT_FALLBACK="false",
+        MAPLEVERSE_BROKER_DATA_DIR=str(workdir / "data"),
     )
-    caps = {Cap.CLIENT_ID_MUST_MATCH, Cap.TAKEOVER_REFUSED, Cap.WEBSOCKET}
+    caps = {Cap.CLIENT_ID_MUST_MATCH, Cap.TAKEOVER_REFUSED, Cap.WEBSOCKET, Cap.PERSISTENCE}
     return ProcessBroker(
         kind="amqtt", host=host, port=port, ws_port=ws_port, workdir=workdir, pool=pool,
         capabilities=frozenset(caps | _COMMON_CAPS | {Cap.MAX_PACKET_SIZE}),
