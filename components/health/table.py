@@ -54,32 +54,11 @@ class HealthTable:
         entry = self.entries.get(key)
         if entry is not None and status.epoch < entry.epoch:
             return False  # an old Will (or an old retained birth) overtaken by a rebirth
-        if status.state == "online":
-            if entry is None:
-                self.entries[key] = Entry(
-                    status.kind,
-                    status.id,
-                    "online",
-                    status.epoch,
-                    status.heartbeat_interval,
-                    now,
-                    wall,
-                    -1,
-                    status.version,
-                )
-                return True
-            changed = entry.state != "online" or entry.epoch != status.epoch
-            entry.state, entry.epoch = "online", status.epoch
-            entry.interval, entry.version = status.heartbeat_interval, status.version
-            entry.last_seen, entry.last_seen_wall = now, wall
-            if changed:
-                entry.last_seq = -1
-            return changed
         if entry is None:
             self.entries[key] = Entry(
                 status.kind,
                 status.id,
-                "offline",
+                status.state,
                 status.epoch,
                 status.heartbeat_interval,
                 now,
@@ -88,6 +67,14 @@ class HealthTable:
                 status.version,
             )
             return True
+        if status.state == "online":
+            changed = entry.state != "online" or entry.epoch != status.epoch
+            entry.state, entry.epoch = "online", status.epoch
+            entry.interval, entry.version = status.heartbeat_interval, status.version
+            entry.last_seen, entry.last_seen_wall = now, wall
+            if changed:
+                entry.last_seq = -1
+            return changed
         changed = entry.state != "offline"
         entry.state, entry.epoch = "offline", status.epoch
         entry.last_seen = now  # forget_after counts from the death
