@@ -137,9 +137,11 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
         # Turn off the driver's own BEGIN handling; we emit BEGIN in _on_begin below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # The busy timeout first: switching a fresh file to WAL takes a lock another process
+        # opening it at the same moment may hold, and without a timeout that fails at once.
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -70,11 +70,6 @@ class StoreContract:
         assert [tuple(h) for h in heads] == [("0001",)]
         assert snap is not None and snap.payload == {"tick": 7} and snap.version == 1
 
-    @pytest.mark.xfail(
-        strict=False,
-        reason="BUG (open): on SQLite, one of four concurrent first opens of a fresh database "
-        "fails in about 1 run in 3; the migration lock does not cover every path yet",
-    )
     async def test_processes_opening_one_fresh_database_at_once_all_succeed(
         self, db_url: str
     ) -> None:
