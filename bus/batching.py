@@ -97,12 +97,16 @@ class BatchPublisher:
         elif n == 1 and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._flush_now)
 
-    def add_columns(self, columns: Mapping[str, Sequence[Any]]) -> None:
+    def add_columns(
+        self, columns: Mapping[str, Sequence[Any]], meta: Mapping[str, Any] | None = None
+    ) -> None:
         """Add many records at once, already columnar (the fast path for a producer that
         holds arrays): `{"id": [...], "x": [...], ...}` with every field of `fields`.
 
         Split into messages under the packet limit by encoding whole chunks (sized from the
-        previous chunk's bytes per record), never record by record.
+        previous chunk's bytes per record), never record by record. `meta` (values shared by
+        every record, such as a tick) goes into each of those messages. Columns may be numpy
+        arrays.
         """
         if self._error is not None:
             err, self._error = self._error, None
@@ -118,12 +122,14 @@ class BatchPublisher:
         start = 0
         while start < n:
             k = min(n - start, self.max_records, self._chunk)
-            body = {
+            body: dict[str, Any] = {
                 "n": k,
                 "columns": {
                     f: c[start : start + k] for f, c in zip(self.fields, cols, strict=True)
                 },
             }
+            if meta:
+                body["meta"] = meta
             data = self.bus.encode(body)
             budget = self.max_bytes + _ENVELOPE_ALLOWANCE
             if len(data) > budget:

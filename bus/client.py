@@ -618,6 +618,11 @@ class Bus:
         except BusError as exc:
             log.error("%s: cannot dead-letter: %s", self.client_id, exc)
 
+    async def dead_letter(self, msg: Message[Any], reason: str) -> None:
+        """Reject a message that validated but makes no sense (out of bounds, impossible):
+        count it and report it on the dead-letter topic with `reason`, like a bad payload."""
+        await self._reject(Incoming(msg.topic, msg.raw, msg.qos, msg.retain, False), reason)
+
     def batcher(self, topic: Topic, fields: Sequence[str], **options: Any) -> BatchPublisher:
         """A batching publisher for a high-rate stream topic (see bus.batching)."""
         return BatchPublisher(self, topic, fields, **options)

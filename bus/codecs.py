@@ -63,7 +63,7 @@ class IdGenerator:
 def encode_data(data: BaseModel | dict[str, Any]) -> bytes:
     if isinstance(data, BaseModel):
         return data.__pydantic_serializer__.to_json(data)
-    return orjson.dumps(data)
+    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 _SAFE_RE = re.compile(r"^[A-Za-z0-9_.:/+-]*$")  # needs no JSON escaping
@@ -123,7 +123,7 @@ class Encoder:
             ser = (
                 data.__pydantic_serializer__.to_json(data)
                 if isinstance(data, BaseModel)
-                else orjson.dumps(data)
+                else orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
             )
             return b"".join(
                 (

@@ -93,6 +93,9 @@ class Batch(Payload):
 
     n: int = Field(ge=0)
     columns: dict[str, list[Any]]
+    meta: dict[str, Any] = Field(
+        default_factory=dict, description="Values shared by every record (e.g. the tick)."
+    )
 
     @field_validator("columns")
     @classmethod
@@ -117,19 +120,36 @@ class RpcReply(Payload):
     error: str | None = None
 
 
+class Location(Payload):
+    x: float
+    y: float
+    region: str = ""
+    district: str = ""
+
+
 class Observation(Payload):
-    """What an agent sees; later issues fill in the world."""
+    """What an agent sees at a tick, and what it may do; answer on its `act` topic."""
 
     tick: int = 0
-    data: dict[str, Any] = Field(default_factory=dict)
+    agent: str = ""
+    deadline: float = Field(default=1.0, description="Seconds the scheduler waits for the act.")
+    location: Location | None = None
+    visible: list[dict[str, Any]] = Field(
+        default_factory=list, description="Entities in sight: id, x, y, swarm, distance."
+    )
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    environment: dict[str, Any] = Field(default_factory=dict)
+    actions: list[str] = Field(default_factory=list, description="Action names it may answer.")
+    memory: dict[str, Any] = Field(default_factory=dict, description="Memory context.")
 
 
 class Action(Payload):
-    """An agent's answer."""
+    """An agent's answer to the observation of `tick`."""
 
-    action: str
+    action: str = Field(min_length=1, max_length=64)
+    tick: int | None = Field(default=None, description="The observation's tick it answers.")
     params: dict[str, Any] = Field(default_factory=dict)
-    reasoning: str = ""
+    reasoning: str = Field(default="", max_length=4096)
     confidence: float = Field(default=1.0, ge=0.0, le=1.0)
 
 

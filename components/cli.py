@@ -6,6 +6,7 @@ mapleverse component NAME      one component as its own process
 mapleverse status [--watch]    the live table from the retained statuses
 mapleverse ping                a request/reply round trip through the echo service
 mapleverse topics list|asyncapi|generate|check
+mapleverse swarm|world|region ...   the world's operations (components/operations.py)
 """
 
 from __future__ import annotations
@@ -232,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
         "--role", default="agent", choices=["agent", "device", "operator", "component"]
     )
     users.add_argument("--password", help="default: a random one, printed")
+    from components.operations import add_parsers
+
+    add_parsers(sub)
     topics = sub.add_parser("topics", help="the declared topic tree")
     topics.add_argument("action", choices=["list", "asyncapi", "generate", "check"])
     topics.add_argument("--output", "-o", help="asyncapi: write to this file")
@@ -269,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "ping":
             return asyncio.run(_ping(args))
+        if args.command in ("swarm", "world", "region"):
+            from components.operations import run
+
+            return asyncio.run(run(args, _operator_settings(args)))
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"mapleverse {args.command}: {problem}", file=sys.stderr)

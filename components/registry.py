@@ -8,15 +8,34 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from components.runtime.component import Component
 
-__all__ = ["COMPONENTS", "DEFAULT_UP", "resolve"]
+__all__ = ["COMPONENTS", "DEFAULT_UP", "instance", "resolve"]
 
 COMPONENTS: dict[str, str] = {
+    "district": "components.district:DistrictServer",
     "echo": "components.echo:EchoService",
     "health": "components.health:HealthMonitor",
+    "orchestrator": "components.orchestrator:Orchestrator",
+    "scheduler": "components.scheduler:AgentScheduler",
+    "swarm": "components.swarm:SwarmCoordinator",
 }
 
-# What `mapleverse up` starts around the embedded broker.
-DEFAULT_UP: tuple[str, ...] = ("health", "echo")
+# What `mapleverse up` starts around the embedded broker: NAME, or NAME:ID for one of several
+# instances (each district server of the default world is one).
+DEFAULT_UP: tuple[str, ...] = (
+    "health",
+    "echo",
+    "orchestrator",
+    "district:d1",
+    "district:d2",
+    "swarm",
+    "scheduler",
+)
+
+
+def instance(spec: str) -> tuple[str, str]:
+    """`NAME` or `NAME:ID` as (name, id); the id defaults to `main`."""
+    name, _, ident = spec.partition(":")
+    return name, ident or "main"
 
 
 def resolve(name: str) -> type[Component]:

@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.registry import DEFAULT_UP, resolve
+from components.registry import DEFAULT_UP, instance, resolve
 
 __all__ = ["Child", "Supervisor", "read_credentials", "run_up", "users_command"]
 
 READY_RE = re.compile(r"listening tcp=(?P<host>[^\s:]+):(?P<port>\d+)(?: ws=\S+:(?P<ws>\d+))?")
 BACKOFF_MIN, BACKOFF_MAX, STABLE_AFTER = 1.0, 30.0, 60.0
+# Settings `up` gives each child itself; the user's other MAPLEVERSE_* variables pass through.
+_PER_CHILD = frozenset(
+    f"MAPLEVERSE_{name}"
+    for name in (
+        "HOST", "PORT", "ROOT", "USERNAME", "PASSWORD", "ID", "CLIENT_ID", "METRICS_PORT"
+    )
+)  # fmt: skip
 
 
 def read_credentials(state_dir: Path) -> dict[str, Any] | None:
@@ -128,8 +135,9 @@ class Supervisor:
         # `operator` is for people (mosquitto_sub); `cli` for `mapleverse status|ping`, so the two
         # can be connected at once (a username is a client id: one connection each).
         wanted = {"operator": "operator", "cli": "operator"}
-        for name in self.names:
-            wanted[f"{resolve(name).kind}-main"] = "component"
+        for spec in self.names:
+            name, ident = instance(spec)
+            wanted[f"{resolve(name).kind}-{ident}"] = "component"
         for username, role in wanted.items():
             if username not in users or users[username].get("role") != role:
                 users[username] = {"role": role, "password": secrets.token_urlsafe(12)}
@@ -145,7 +153,12 @@ class Supervisor:
         }
 
     def _env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
+        # The user's MAPLEVERSE_* settings reach every child (a world's rate, a store URL),
+        # except what says who a child is and where the broker is: `up` sets those.
+        env = {k: v for k, v in os.environ.items() if k not in _PER_CHILD}
+        env.setdefault(
+            "MAPLEVERSE_STORE_URL", f"sqlite+aiosqlite:///{self.state_dir.resolve()}/mapleverse.db"
+        )
         env.update(extra)
         return env
 
@@ -187,12 +200,12 @@ class Supervisor:
         creds.update(host=self.host, port=port, ws_port=int(ws) if ws else None, root=self.root)
         _write_private(self.state_dir / "credentials.json", json.dumps(creds, indent=2))
         op = creds["operator"]
-        for name in self.names:
-            kind = resolve(name).kind
-            user = f"{kind}-main"
+        for spec in self.names:
+            name, ident = instance(spec)
+            user = f"{resolve(name).kind}-{ident}"
             self.children.append(
                 Child(
-                    name,
+                    spec,
                     [python, "-m", "components", "component", name],
                     self._env(
                         MAPLEVERSE_HOST=self.host,
@@ -200,7 +213,7 @@ class Supervisor:
                         MAPLEVERSE_ROOT=self.root,
                         MAPLEVERSE_USERNAME=user,
                         MAPLEVERSE_PASSWORD=creds["users"][user]["password"],
-                        MAPLEVERSE_ID="main",
+                        MAPLEVERSE_ID=ident,
                         MAPLEVERSE_METRICS_PORT="0",
                     ),
                 )
@@ -300,9 +313,9 @@ def run_up(args: argparse.Namespace) -> int:
         if not args.components
         else tuple(n.strip() for n in args.components.split(",") if n.strip())
     )
-    for name in names:
+    for spec in names:
         try:
-            resolve(name)
+            resolve(instance(spec)[0])
         except KeyError as exc:
             print(f"mapleverse up: {exc.args[0]}", file=sys.stderr)
             return 2

@@ -57,10 +57,13 @@ def spawn_component(
     heartbeat_interval: float,
     reconnect_min: float,
     reconnect_max: float,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`python -m components component NAME` as its own process, as a fresh component user of
-    the test broker `handle`; its output goes to `<log_dir>/<name>-<id>.log`. Reap it after."""
+    the test broker `handle`, with `env` added; its output goes to `<log_dir>/<name>-<id>.log`.
+    Reap it after."""
     username, password = handle.user("component")
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
     env.update(
         MAPLEVERSE_HOST=handle.host,
@@ -73,6 +76,7 @@ def spawn_component(
         MAPLEVERSE_RECONNECT_MIN=str(reconnect_min),
         MAPLEVERSE_RECONNECT_MAX=str(reconnect_max),
     )
+    env.update(extra)
     with (log_dir / f"{name}-{id}.log").open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "components", "component", name],

@@ -7,7 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from bus.settings import BusSettings
 
-__all__ = ["ComponentSettings"]
+__all__ = ["ComponentSettings", "WorldSettings"]
 
 
 class ComponentSettings(BusSettings):
@@ -27,4 +27,18 @@ class ComponentSettings(BusSettings):
         default="INFO",
         pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
         description="DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
+
+
+class WorldSettings(ComponentSettings):
+    """Settings of a component of a world: which world, and where its state is persisted."""
+
+    model_config = SettingsConfigDict(env_prefix="MAPLEVERSE_", frozen=True, extra="ignore")
+
+    world: str = Field(
+        default="main", pattern=r"^[a-z0-9_-]+$", description="the world this component serves"
+    )
+    store_url: str = Field(
+        default="sqlite+aiosqlite:///.mapleverse/mapleverse.db",
+        description="sqlite+aiosqlite:///PATH or postgresql+psycopg://USER:PASS@HOST/DB",
     )

@@ -1,0 +1,29 @@
+"""Settings of a district server (`MAPLEVERSE_DISTRICT_*`, plus the world's and the bus's)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from components.runtime.settings import WorldSettings
+
+__all__ = ["DistrictSettings"]
+
+
+class DistrictSettings(WorldSettings):
+    model_config = SettingsConfigDict(env_prefix="MAPLEVERSE_", frozen=True, extra="ignore")
+
+    district_snapshot_every: int = Field(
+        default=30, ge=1, description="ticks between retained region snapshots (and persists)"
+    )
+    district_halo: float = Field(
+        default=10.0, ge=0, description="distance from a border within which neighbours see"
+    )
+    district_handoff_retry: float = Field(
+        default=0.5, gt=0, description="seconds before an unaccepted hand-off is offered again"
+    )
+    district_idle_interval: float = Field(
+        default=0.2,
+        gt=0,
+        description="seconds between hand-off and control work while the clock is paused",
+    )

@@ -1,0 +1,20 @@
+"""The agent scheduler: observations at each agent's cadence, answers checked and applied."""
+
+from components.scheduler.agents import ACTIONS, AgentRecord, check
+from components.scheduler.component import AgentScheduler
+from components.scheduler.hosted import HOSTED, Greeter, HostedAgent, Wanderer
+from components.scheduler.settings import SchedulerSettings
+from components.scheduler.view import WorldView
+
+__all__ = [
+    "ACTIONS",
+    "HOSTED",
+    "AgentRecord",
+    "AgentScheduler",
+    "Greeter",
+    "HostedAgent",
+    "SchedulerSettings",
+    "Wanderer",
+    "WorldView",
+    "check",
+]

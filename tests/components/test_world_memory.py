@@ -1,0 +1,163 @@
+"""A whole small world over the in-memory broker: orchestrator, two district servers, swarms.
+
+Each component runs as a task, as `mapleverse component` would run it; an operator talks to
+them over request/reply exactly as the CLI does. Storage is a SQLite file per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import next_matching
+
+from bus import Bus, BusSettings, MemoryBroker
+from bus.payloads import RpcRequest
+from components.district import DistrictServer, DistrictSettings
+from components.orchestrator import Orchestrator, OrchestratorSettings
+from components.runtime import Component
+from components.swarm import SwarmCoordinator, SwarmSettings
+from world.payloads import WorldSnapshot
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class World:
+    root: str
+    broker: MemoryBroker
+    operator: Bus
+    components: dict[str, Component]
+    tasks: dict[str, asyncio.Task[None]]
+    common: dict[str, Any]
+
+    async def call(self, service: str, method: str, **args: Any) -> Any:
+        topic = self.operator.topics["rpc.request"].build(service=service, method=method)
+        reply = await self.operator.request(topic, RpcRequest(args=args), timeout=TIMEOUT)
+        return reply.payload
+
+    async def start(self, name: str, component: Component) -> None:
+        self.components[name] = component
+        task = asyncio.create_task(component.run(), name=f"test-{name}")
+        ready = asyncio.create_task(component.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
+        if ready not in done:
+            ready.cancel()
+            task.cancel()
+            raise AssertionError(f"{name} did not become ready: {done}")
+        self.tasks[name] = task
+
+    async def stop(self, name: str) -> None:
+        self.components.pop(name).stop()
+        await asyncio.wait_for(self.tasks.pop(name), TIMEOUT)
+
+    def district(self, district_id: str) -> DistrictServer:
+        return DistrictServer(
+            DistrictSettings(id=district_id, district_halo=20.0, **self.common),
+            transport=self.broker.transport(),
+        )
+
+
+@pytest.fixture
+async def world(root: str, tmp_path: Path) -> AsyncIterator[World]:
+    broker = MemoryBroker()
+    common: dict[str, Any] = {
+        "root": root,
+        "reconnect_min": 0.01,
+        "reconnect_max": 0.05,
+        "heartbeat_interval": 0.5,
+        "store_url": f"sqlite+aiosqlite:///{tmp_path}/world.db",
+    }
+    operator = Bus(
+        BusSettings(
+            client_id=f"{root}-op",
+            **{k: common[k] for k in ("root", "reconnect_min", "reconnect_max")},
+        ),
+        transport=broker.transport(),
+    )
+    async with operator:
+        w = World(root, broker, operator, {}, {}, common)
+        await w.start(
+            "orchestrator",
+            Orchestrator(
+                OrchestratorSettings(
+                    world_rate=50,
+                    world_layout="2x1",
+                    world_bounds="0,0,200,100",
+                    world_districts="d1,d2",
+                    world_snapshot_interval=0.1,
+                    **common,
+                ),
+                transport=broker.transport(),
+            ),
+        )
+        await w.start("d1", w.district("d1"))
+        await w.start("d2", w.district("d2"))
+        await w.start(
+            "swarm",
+            SwarmCoordinator(SwarmSettings(**common), transport=broker.transport()),
+        )
+        yield w
+        for name in list(w.components):
+            await w.stop(name)
+
+
+async def snapshot_where(world: World, predicate: Any) -> WorldSnapshot:
+    op = world.operator
+    sub = await op.subscribe(op.topics["world.snapshot"].build(world="main"))
+    try:
+        msg = await next_matching(sub, lambda m: predicate(m.payload), TIMEOUT)
+    finally:
+        await sub.close()
+    return msg.payload
+
+
+async def test_a_created_swarm_reaches_its_size_across_both_districts(world: World) -> None:
+    reply = await world.call("swarm", "create", name="birds", behaviour="flocking", size=300)
+    assert reply.ok, reply.error
+    op = world.operator
+    progress = await op.subscribe(op.topics["swarm.progress"].build(swarm="birds"))
+    status = await world.call("swarm", "status", name="birds")
+    if status.result["agents"] != 300:
+        await next_matching(progress, lambda m: m.payload.finished, TIMEOUT)
+    snap = await snapshot_where(world, lambda s: s.entities == 300)
+    counts = {r.id: r.entities for r in snap.regions}
+    assert sum(counts.values()) == 300 and all(n > 50 for n in counts.values()), counts
+    status = (await world.call("swarm", "status", name="birds")).result
+    assert status["agents"] == 300 and set(status["districts"]) == {"d1", "d2"}
+
+
+async def test_unknown_swarm_and_region_get_clear_errors(world: World) -> None:
+    reply = await world.call("swarm", "scale", name="nope", target=3)
+    assert not reply.ok and "unknown swarm 'nope'" in reply.error
+    reply = await world.call("world-main", "region-show", region="atlantis")
+    assert not reply.ok and "unknown region 'atlantis'" in reply.error
+    reply = await world.call("swarm", "create", name="x", behaviour="teleport", size=1)
+    assert not reply.ok and "unknown behaviour 'teleport'" in reply.error
+
+
+async def test_pause_stops_the_clock_and_resume_restarts_it(world: World) -> None:
+    await snapshot_where(world, lambda s: s.tick > 3)
+    assert (await world.call("world-main", "pause")).ok
+    paused = await snapshot_where(world, lambda s: s.paused)
+    await asyncio.sleep(0.3)
+    still = (await world.call("world-main", "status")).result
+    assert still["tick"] == paused.tick
+    assert (await world.call("world-main", "resume")).ok
+    await snapshot_where(world, lambda s: not s.paused and s.tick > paused.tick + 3)
+
+
+async def test_draining_a_region_moves_every_entity_to_the_target_server(world: World) -> None:
+    assert (await world.call("swarm", "create", name="ants", behaviour="drift", size=200)).ok
+    await snapshot_where(world, lambda s: s.entities == 200)
+    regions = (await world.call("world-main", "status")).result["regions"]
+    left = next(r for r in regions if r["district"] == "d1")
+    right = next(r for r in regions if r["district"] == "d2")
+    reply = await world.call("world-main", "region-drain", region=left["id"], target=right["id"])
+    assert reply.ok, reply.error
+    snap = await snapshot_where(world, lambda s: s.districts.get("d2") == 200)
+    assert snap.districts.get("d1", 0) == 0 and snap.entities == 200

@@ -1,0 +1,153 @@
+"""The entities one district server owns, in columns (numpy), with ids and swarm codes.
+
+Rows are dense: removing entities compacts the arrays, so `pos[:n]` is always every entity.
+Each entity carries an ownership version `ov` that grows by one on every hand-off: of two
+copies of an entity, the one with the higher `ov` is the owner's (components/district/handoff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from world.payloads import EntityColumns
+
+__all__ = ["EntityTable"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class EntityTable:
+    """Columnar entities: `ids`, `pos` (n, 2), `vel` (n, 2), `group` (swarm code), `ov`."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self._pos = np.zeros((capacity, 2), dtype=np.float64)
+        self._vel = np.zeros((capacity, 2), dtype=np.float64)
+        self._group = np.zeros(capacity, dtype=np.int32)
+        self._ov = np.zeros(capacity, dtype=np.int64)
+        self.swarms: list[str] = []  # group code -> swarm name ("" for free entities)
+        self._codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, entity: object) -> bool:
+        return entity in self.index
+
+    @property
+    def pos(self) -> FloatArray:
+        return self._pos[: len(self.ids)]
+
+    @property
+    def vel(self) -> FloatArray:
+        return self._vel[: len(self.ids)]
+
+    @property
+    def group(self) -> npt.NDArray[np.int32]:
+        return self._group[: len(self.ids)]
+
+    @property
+    def ov(self) -> npt.NDArray[np.int64]:
+        return self._ov[: len(self.ids)]
+
+    def code(self, swarm: str) -> int:
+        """The group code of a swarm, allocated on first use."""
+        code = self._codes.get(swarm)
+        if code is None:
+            code = self._codes[swarm] = len(self.swarms)
+            self.swarms.append(swarm)
+        return code
+
+    def _reserve(self, extra: int) -> None:
+        need = len(self.ids) + extra
+        capacity = len(self._pos)
+        if need <= capacity:
+            return
+        while capacity < need:
+            capacity *= 2
+        for name in ("_pos", "_vel"):
+            grown = np.zeros((capacity, 2), dtype=np.float64)
+            grown[: len(self.ids)] = getattr(self, name)[: len(self.ids)]
+            setattr(self, name, grown)
+        group = np.zeros(capacity, dtype=np.int32)
+        group[: len(self.ids)] = self.group
+        self._group = group
+        ov = np.zeros(capacity, dtype=np.int64)
+        ov[: len(self.ids)] = self.ov
+        self._ov = ov
+
+    def add(self, columns: EntityColumns | Mapping[str, Sequence[Any]]) -> list[str]:
+        """Add entities; ids already present are updated in place when the incoming `ov` is
+        not older (a repeated hand-off). Returns the ids that were new."""
+        c = columns.model_dump() if isinstance(columns, EntityColumns) else columns
+        ids: Sequence[str] = c["id"]
+        n = len(ids)
+        ov: Sequence[int] = c.get("ov") or [0] * n
+        x, y, vx, vy, swarm = c["x"], c["y"], c["vx"], c["vy"], c["swarm"]
+        fresh = []
+        self._reserve(n)
+        for i in range(n):
+            entity = ids[i]
+            row = self.index.get(entity)
+            if row is None:
+                row = len(self.ids)
+                self.ids.append(entity)
+                self.index[entity] = row
+                fresh.append(entity)
+            elif int(ov[i]) < int(self._ov[row]):
+                continue  # an older copy: ours is newer
+            self._pos[row] = (x[i], y[i])
+            self._vel[row] = (vx[i], vy[i])
+            self._group[row] = self.code(swarm[i])
+            self._ov[row] = int(ov[i])
+        return fresh
+
+    def rows_of(self, ids: Iterable[str]) -> npt.NDArray[np.intp]:
+        return np.fromiter((self.index[i] for i in ids if i in self.index), dtype=np.intp)
+
+    def columns(self, rows: npt.NDArray[Any] | None = None) -> EntityColumns:
+        """The entities at `rows` (a boolean mask or indices; all when None) as columns."""
+        if rows is None:
+            rows = np.arange(len(self.ids))
+        elif rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        pos = self.pos[rows]
+        vel = self.vel[rows]
+        return EntityColumns.model_construct(
+            id=[self.ids[int(r)] for r in rows],
+            x=pos[:, 0].tolist(),
+            y=pos[:, 1].tolist(),
+            vx=vel[:, 0].tolist(),
+            vy=vel[:, 1].tolist(),
+            swarm=[self.swarms[int(g)] for g in self.group[rows]],
+            ov=self.ov[rows].tolist(),
+        )
+
+    def remove(self, rows: npt.NDArray[Any]) -> EntityColumns:
+        """Remove the entities at `rows` (mask or indices); returns them as columns."""
+        mask = np.zeros(len(self.ids), dtype=bool)
+        mask[rows] = True
+        gone = self.columns(mask)
+        if not gone.id:
+            return gone
+        keep = ~mask
+        kept = int(keep.sum())
+        self._pos[:kept] = self.pos[keep]
+        self._vel[:kept] = self.vel[keep]
+        self._group[:kept] = self.group[keep]
+        self._ov[:kept] = self.ov[keep]
+        self.ids = [e for e, k in zip(self.ids, keep.tolist(), strict=True) if k]
+        self.index = {e: i for i, e in enumerate(self.ids)}
+        return gone
+
+    def remove_ids(self, ids: Iterable[str]) -> EntityColumns:
+        return self.remove(self.rows_of(ids))
+
+    def count_by_swarm(self) -> dict[str, int]:
+        counts = np.bincount(self.group, minlength=len(self.swarms))
+        return {s: int(c) for s, c in zip(self.swarms, counts.tolist(), strict=True) if c}
