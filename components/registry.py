@@ -15,6 +15,7 @@ COMPONENTS: dict[str, str] = {
     "echo": "components.echo:EchoService",
     "health": "components.health:HealthMonitor",
     "orchestrator": "components.orchestrator:Orchestrator",
+    "router": "components.router:EventRouter",
     "scheduler": "components.scheduler:AgentScheduler",
     "swarm": "components.swarm:SwarmCoordinator",
 }
@@ -29,6 +30,7 @@ DEFAULT_UP: tuple[str, ...] = (
     "district:d2",
     "swarm",
     "scheduler",
+    "router",
 )
 
 

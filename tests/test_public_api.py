@@ -16,6 +16,11 @@ PACKAGES = [
     "components.runtime",
     "components.health",
     "components.echo",
+    "components.district",
+    "components.orchestrator",
+    "components.router",
+    "components.scheduler",
+    "components.swarm",
     "store",
 ]
 

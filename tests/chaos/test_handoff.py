@@ -56,11 +56,14 @@ class Watch:
         self.owners: dict[int, dict[str, str]] = defaultdict(dict)  # tick -> entity -> district
         self.doubles: list[tuple[int, str, str, str]] = []
         self.changed = asyncio.Event()
+        self.ticks_seen = 0
 
     def crossings(self) -> int:
         return self.total_before_restart + sum(r.handoffs_out for r in self.reports.values())
 
     def saw(self, district: str, tick: int, ids: list[str]) -> None:
+        if tick not in self.owners:
+            self.ticks_seen += 1
         owners = self.owners[tick]
         for entity in ids:
             other = owners.setdefault(entity, district)
@@ -150,13 +153,16 @@ async def test_a_thousand_crossings_with_a_district_killed_lose_and_duplicate_no
             assert reply.payload.ok
             await _until(
                 watch,
-                lambda: all(r.pending == 0 for r in watch.reports.values())
-                and sum(r.entities for r in watch.reports.values()) == N,
+                lambda: (
+                    all(r.pending == 0 for r in watch.reports.values())
+                    and sum(r.entities for r in watch.reports.values()) == N
+                ),
                 "quiet: nothing in flight, every entity owned",
             )
             for task in tasks:
                 task.cancel()
-        assert watch.doubles == [], f"entities published by two districts at one tick: {watch.doubles[:5]}"
+        assert watch.ticks_seen > 200, "too few ticks observed for the check to mean anything"
+        assert watch.doubles == [], f"published by two districts at one tick: {watch.doubles[:5]}"
     finally:
         for proc in procs.values():
             reap(proc)
