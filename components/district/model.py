@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from world.behaviours import BehaviourRegistry, Group
 
 from components.district.handoff import HandoffLedger, Outbound
+from world.behaviours import BehaviourRegistry, Group
 from world.entities import EntityTable
 from world.geometry import RegionIndex
 from world.payloads import Bounds, EntityColumns, RegionInfo, RegionMap, SwarmSpec

@@ -29,7 +29,7 @@ from bus.payloads import RpcRequest
 from components.district import District, DistrictStore
 from store import StoreSettings, open_store
 from world.behaviours import default_registry
-from world.payloads import DistrictControl, EntityColumns, StepReport, SwarmSpec, Bounds
+from world.payloads import Bounds, DistrictControl, EntityColumns, StepReport, SwarmSpec
 
 pytestmark = [pytest.mark.chaos, pytest.mark.mosquitto, pytest.mark.slow]
 
