@@ -12,16 +12,14 @@ then registration order); rows are then run batch-wise, one call per behaviour a
 Cooldown: after a behaviour with cooldown c runs for an entity at tick t, it is not chosen for
 that entity during ticks t+1 .. t+c. It is kept per entity id (`ids`), since rows move.
 
-Errors: a condition or action that raises, or leaves a non-finite position, is counted (rows
-in `StepResult.errors`, per behaviour in `errors_by_behaviour`, the `BehaviourError` in
-`failures`) and those rows keep their state: a bad custom behaviour never stops a district.
-The registry's own misuse (wrong shapes, a missing `ids`) raises `ValueError`.
+Errors: a condition or action that raises, or leaves a non-finite position, is counted in the
+`StepResult` (never raised) and its rows keep their state: a bad custom behaviour never stops
+a district. Misuse of `step` itself (wrong shapes, a missing `ids`) raises `ValueError`.
 
     Exception
      └── BehaviourError    a behaviour failed for some rows (behaviour, reason)
 
-Velocity: `flocking` keeps `vel` a unit heading (Mesa's boids); `formation`, `tasks` and
-`drift` keep it in distance per unit of time.
+`vel` is a unit heading for `flocking` (Mesa's boids), a velocity for the other built-ins.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from world.flocking import Bounds, FlockParams, confine, flock_step
+from world.flocking import BoundsTuple, FlockParams, confine, flock_step
 from world.formation import assign_slots, formation_targets, steer_to
 from world.tasks import assign_tasks
 
@@ -51,9 +49,6 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
-
-FORMATION_EXACT_LIMIT = 256
-"""The formation behaviour assigns slots exactly up to this many agents (a few ms a tick)."""
 
 
 class BehaviourError(Exception):
@@ -73,7 +68,7 @@ class Group:
     behaviour: str
     params: Mapping[str, Any] = field(default_factory=dict)
     paused: bool = False
-    bounds: Bounds | None = None
+    bounds: BoundsTuple | None = None
 
 
 @dataclass(slots=True)
@@ -87,7 +82,7 @@ class View:
     tick: int
     halo_pos: FloatArray
     halo_vel: FloatArray
-    extra: Mapping[str, NDArray[Any]]  # the caller's extra columns, at these rows
+    extra: dict[str, NDArray[Any]]  # the caller's extra columns, at these rows
 
 
 Condition = Callable[[View], NDArray[np.bool_]]
@@ -120,6 +115,10 @@ class StepResult:
     errors_by_behaviour: dict[str, int] = field(default_factory=dict)
     failures: list[BehaviourError] = field(default_factory=list)
 
+    def _ran(self, behaviour: str, rows: int) -> None:
+        self.stepped += rows
+        self.by_behaviour[behaviour] = self.by_behaviour.get(behaviour, 0) + rows
+
     def _fail(self, behaviour: str, reason: str, rows: int, cause: BaseException | None) -> None:
         error = BehaviourError(behaviour, reason, rows)
         error.__cause__ = cause
@@ -148,10 +147,9 @@ class BehaviourRegistry:
 
     def get(self, id: str) -> Behaviour:
         """The behaviour `id`; KeyError naming the registered ids if there is none."""
-        try:
-            return self._behaviours[id]
-        except KeyError:
-            raise KeyError(f"no behaviour {id!r}; registered: {', '.join(self.ids())}") from None
+        if id not in self._behaviours:
+            raise KeyError(f"no behaviour {id!r}; registered: {', '.join(self.ids())}")
+        return self._behaviours[id]
 
     def ids(self) -> list[str]:
         """The registered ids, in registration order."""
@@ -192,18 +190,20 @@ class BehaviourRegistry:
         result = StepResult()
         for g, rows in _split(np.asarray(group_index), len(groups)):
             group = groups[g]
+            own = self._behaviours.get(group.behaviour)
             if group.paused:
                 continue
-            own = self._behaviours.get(group.behaviour)
             if own is None:
                 result._fail(group.behaviour, "not a registered behaviour", len(rows), None)
                 continue
 
             def view(rows: IndexArray, group: Group = group) -> View:
-                columns = _Columns(extra or {}, rows)
-                return View(pos[rows], vel[rows], rows, group, tick, halo_p, halo_v, columns)
+                columns = {k: np.asarray(c)[rows] for k, c in (extra or {}).items()}
+                # np.take is about ten times faster than pos[rows] for (n, 2) rows
+                pos_rows, vel_rows = np.take(pos, rows, axis=0), np.take(vel, rows, axis=0)
+                return View(pos_rows, vel_rows, rows, group, tick, halo_p, halo_v, columns)
 
-            for behaviour, chosen in self._choose(own, rows, view, tick, ids, result):
+            for behaviour, chosen in list(self._choose(own, rows, view, tick, ids, result)):
                 batch = view(chosen)
                 try:
                     behaviour.action(batch, {**behaviour.defaults, **group.params}, dt)
@@ -214,14 +214,12 @@ class BehaviourRegistry:
                 except Exception as exc:  # any failure is the behaviour's
                     result._fail(behaviour.id, f"{type(exc).__name__}: {exc}", len(chosen), exc)
                     continue
-                pos[chosen] = batch.pos
-                vel[chosen] = batch.vel
+                _put(pos, chosen, batch.pos)
+                _put(vel, chosen, batch.vel)
                 if behaviour.cooldown and ids is not None:
                     cooling = self._cooling.setdefault(behaviour.id, {})
                     cooling.update(dict.fromkeys((ids[i] for i in chosen.tolist()), tick))
-                result.stepped += len(chosen)
-                count = result.by_behaviour.get(behaviour.id, 0)
-                result.by_behaviour[behaviour.id] = count + len(chosen)
+                result._ran(behaviour.id, len(chosen))
         return result
 
     def _own(self, groups: Sequence[Group]) -> list[Behaviour]:
@@ -284,24 +282,17 @@ class BehaviourRegistry:
         )
 
 
-class _Columns(Mapping[str, NDArray[Any]]):
-    """The caller's extra columns at some rows, indexed when first read."""
-
-    def __init__(self, columns: Mapping[str, NDArray[Any]], rows: IndexArray) -> None:
-        self._columns = columns
-        self._rows = rows
-        self._cache: dict[str, NDArray[Any]] = {}
-
-    def __getitem__(self, key: str) -> NDArray[Any]:
-        if key not in self._cache:
-            self._cache[key] = np.asarray(self._columns[key])[self._rows]
-        return self._cache[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._columns)
-
-    def __len__(self) -> int:
-        return len(self._columns)
+def _put(target: FloatArray, rows: IndexArray, values: FloatArray) -> None:
+    """target[rows] = values for (n, 2) arrays: as one 16-byte element per row when the layout
+    allows, which is about ten times faster than numpy's row-wise fancy assignment."""
+    if (
+        target.dtype == values.dtype == np.float64
+        and target.flags.c_contiguous
+        and values.flags.c_contiguous
+    ):
+        target.view(np.complex128)[:, 0][rows] = values.view(np.complex128)[:, 0]
+    else:
+        target[rows] = values
 
 
 def _split(group_index: NDArray[np.integer[Any]], count: int) -> list[tuple[int, IndexArray]]:
@@ -340,7 +331,7 @@ def _flocking(view: View, params: Mapping[str, Any], dt: float) -> None:
 
 def _formation(view: View, params: Mapping[str, Any], dt: float) -> None:
     """Move into a formation; params: shape, spacing, center (default: the group's current
-    centroid), heading (radians), max_speed (per unit time), gain."""
+    centroid), heading (radians), max_speed (per unit time), gain, exact_limit."""
     center = params.get("center")
     if center is None:
         center = view.pos.mean(axis=0)
@@ -351,7 +342,8 @@ def _formation(view: View, params: Mapping[str, Any], dt: float) -> None:
         float(params.get("spacing", 2.0)),
         float(params.get("heading", 0.0)),
     )
-    slots = assign_slots(view.pos, targets, exact_limit=FORMATION_EXACT_LIMIT)
+    # Exact slots up to exact_limit agents (a few ms at 256), sorted strips above: every tick.
+    slots = assign_slots(view.pos, targets, exact_limit=int(params.get("exact_limit", 256)))
     _steer(view, targets[slots], params, dt)
 
 

@@ -20,10 +20,12 @@ import math
 from collections.abc import Callable
 from typing import Literal, get_args
 
+# scipy (below) ships no type information: its imports are ignored, with `unused-ignore`
+# in case a mypy override for scipy is added.
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]  # no types
-from scipy.spatial.distance import cdist  # type: ignore[import-untyped]
+from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped, unused-ignore]
+from scipy.spatial.distance import cdist  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = ["EXACT_LIMIT", "SHAPES", "Shape", "assign_slots", "formation_targets", "steer_to"]
 

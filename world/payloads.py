@@ -176,12 +176,16 @@ class DistrictControl(Payload):
     `steer` sets the velocity (`vx`, `vy` of `entities`) of the entities it owns among them.
     """
 
-    op: Literal["spawn", "despawn", "steer"]
+    op: Literal["spawn", "despawn", "steer", "claim"]
     request: str = Field(default="", max_length=64, description="Idempotency key.")
     entities: EntityColumns | None = Field(default=None, description="spawn: who and where")
     swarm: str = Field(default="", max_length=64, description="despawn: which swarm")
     count: int = Field(default=0, ge=0, description="despawn: how many")
     ids: list[str] = Field(default_factory=list, description="despawn: these (any swarm)")
+    building: str = Field(
+        default="", max_length=200, description="claim: district/neighbourhood/building"
+    )
+    agent: str = Field(default="", max_length=64, description="claim: who claims it")
 
     @model_validator(mode="after")
     def _complete(self) -> DistrictControl:
@@ -189,6 +193,8 @@ class DistrictControl(Payload):
             raise ValueError(f"{self.op} needs entities")
         if self.op == "despawn" and not (self.swarm or self.ids):
             raise ValueError("despawn needs a swarm or ids")
+        if self.op == "claim" and not (self.building and self.agent):
+            raise ValueError("claim needs a building and an agent")
         return self
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+# scipy (below) ships no type information: its imports are ignored, with `unused-ignore`
+# in case a mypy override for scipy is added.
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]  # no types
-from scipy.spatial import cKDTree  # type: ignore[import-untyped]
-from scipy.spatial.distance import cdist  # type: ignore[import-untyped]
+from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped, unused-ignore]
+from scipy.spatial import cKDTree  # type: ignore[import-untyped, unused-ignore]
+from scipy.spatial.distance import cdist  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = ["AUCTION_EXACT_LIMIT", "POLICIES", "Policy", "assign_tasks", "total_distance"]
 

@@ -22,7 +22,6 @@ from collections import defaultdict
 from typing import Any, ClassVar
 
 import numpy as np
-from world.behaviours import default_registry
 
 from bus import Bus, Message
 from bus.batching import BatchPublisher
@@ -34,8 +33,11 @@ from components.district.store import DistrictStore
 from components.runtime.component import Component
 from store import StoreError, StoreSettings, open_store
 from world import metrics
+from world.behaviours import default_registry
+from world.city import building_key, city_layout
 from world.geometry import halo_regions
 from world.payloads import (
+    Building,
     DistrictControl,
     Handoff,
     RegionMap,
@@ -67,6 +69,7 @@ class DistrictServer(Component):
         self.publishers: dict[str, tuple[BatchPublisher, BatchPublisher]] = {}
         self.halo_subs: dict[str, asyncio.Task[None]] = {}
         self.last_snapshot: dict[str, float] = {}
+        self.buildings: dict[str, Building] = {}  # of the regions we own, by key
         self.stepped = asyncio.Event()  # set after every processed tick (tests wait on it)
         self.loaded = asyncio.Event()
         t = self.topics
@@ -184,6 +187,7 @@ class DistrictServer(Component):
         if name == "map" and isinstance(payload, RegionMap):
             if d.set_map(payload):
                 self._follow_halo()
+                await self._adopt_buildings()
                 for region in list(self.publishers):
                     if region not in {r.id for r in d.own}:
                         del self.publishers[region]
@@ -199,6 +203,8 @@ class DistrictServer(Component):
                     d.despawn(payload.swarm, payload.count)
             elif payload.op == "steer" and payload.entities is not None:
                 d.steer(payload.entities)
+            elif payload.op == "claim":
+                await self._claim(payload.building, payload.agent)
         elif name == "handoff" and isinstance(payload, Handoff):
             if payload.op == "offer" and payload.entities is not None:
                 ids = d.offer_received(payload.entities)
@@ -211,11 +217,10 @@ class DistrictServer(Component):
     async def _announce(self) -> None:
         bus = self.bus
         accepts, self.accepts = self.accepts, []
-        for to, batch, ids in accepts:
+        for to, batch_id, ids in accepts:
             topic = self.topics["world.handoff"].build(world=self.world, district=to)
-            await bus.publish(
-                topic, Handoff(op="accept", batch=batch, sender=self.id, ids=ids, sent=time.time())
-            )
+            accept = Handoff(op="accept", batch=batch_id, sender=self.id, ids=ids, sent=time.time())
+            await bus.publish(topic, accept)
         now = time.time()
         for batch in self.district.ledger.due(now, self.settings.district_handoff_retry):
             await self._offer(batch, now)
@@ -368,12 +373,12 @@ class DistrictServer(Component):
                 for other in halo_regions(region, d.map, margin):
                     if other.district != self.id:
                         wanted.add(other.id)
-        for region in set(self.halo_subs) - wanted:
-            self.halo_subs.pop(region).cancel()
-            d.halo.pop(region, None)
-        for region in wanted - set(self.halo_subs):
-            self.halo_subs[region] = asyncio.get_running_loop().create_task(
-                self._halo(region), name=f"district-halo-{region}"
+        for gone in set(self.halo_subs) - wanted:
+            self.halo_subs.pop(gone).cancel()
+            d.halo.pop(gone, None)
+        for new in wanted - set(self.halo_subs):
+            self.halo_subs[new] = asyncio.get_running_loop().create_task(
+                self._halo(new), name=f"district-halo-{new}"
             )
 
     async def _halo(self, region: str) -> None:
@@ -393,7 +398,64 @@ class DistrictServer(Component):
                 vel[:, 1] = np.concatenate([c["vy"] for c in cols])
                 self.district.halo[region] = (pos, vel)
 
+    # -- the city ------------------------------------------------------------------------------
+    async def _adopt_buildings(self) -> None:
+        """Publish (retained) the buildings of the regions we now own, with their claims."""
+        own = {r.id: r for r in self.district.own}
+        for key in [k for k, b in self.buildings.items() if b.district not in own]:
+            del self.buildings[key]
+        fresh = [
+            b for r in own.values() for b in city_layout(r) if building_key(b) not in self.buildings
+        ]
+        if not fresh:
+            return
+        claims = {}
+        if self.store is not None:
+            with contextlib.suppress(StoreError):
+                for snap in await self.store.store.list_snapshots("building"):
+                    claims[snap.owner_id] = snap.payload
+        for building in fresh:
+            key = building_key(building)
+            claim = claims.get(f"{self.world}/{key}")
+            if claim:
+                building = building.model_copy(
+                    update={"claimed_by": claim["agent"], "claimed_at": claim["at"]}
+                )
+            self.buildings[key] = building
+            await self._publish_building(building)
+
+    async def _publish_building(self, building: Building) -> None:
+        topic = self.topics["city.building"].build(
+            world=self.world,
+            district=building.district,
+            neighbourhood=building.neighbourhood,
+            building=building.building,
+        )
+        await self.bus.publish(topic, building)
+
+    async def _claim(self, key: str, agent: str) -> None:
+        """An agent claims a building of ours: first come, first served; persisted."""
+        building = self.buildings.get(key)
+        if building is None or building.claimed_by not in (None, agent):
+            self.log.info("claim of %s by %s refused (%s)", key, agent,
+                          "not ours" if building is None else f"held by {building.claimed_by}")  # fmt: skip
+            return
+        now = time.time()
+        assert self.store is not None
+        try:
+            await self.store.store.put_snapshot(
+                "building", f"{self.world}/{key}", "claim", {"agent": agent, "at": now}
+            )
+        except StoreError as exc:
+            self.log.error("claim of %s not persisted: %s", key, exc)
+            return
+        building = building.model_copy(update={"claimed_by": agent, "claimed_at": now})
+        self.buildings[key] = building
+        await self._publish_building(building)
+
     async def republish(self, bus: Bus) -> None:
+        for building in self.buildings.values():
+            await self._publish_building(building)
         for region in self.district.own:
             rows = self.district.region_rows().get(region.id)
             if rows is not None:

@@ -8,10 +8,10 @@ from components.scheduler.view import WorldView
 
 __all__ = [
     "ACTIONS",
-    "HOSTED",
     "AgentRecord",
     "AgentScheduler",
     "Greeter",
+    "HOSTED",
     "HostedAgent",
     "SchedulerSettings",
     "Wanderer",

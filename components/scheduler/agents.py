@@ -24,6 +24,7 @@ from components.scheduler.view import WorldView
 __all__ = ["ACTIONS", "AgentRecord", "Effect", "Rejected", "check"]
 
 ACTIONS = {
+    "claim": "params building (district/neighbourhood/building): claim it, standing at it",
     "move": "params dx, dy (a direction) and speed (units per second, at most the limit)",
     "say": "params text (at most 280 characters): heard by agents within sight",
     "wait": "stand still",
@@ -36,6 +37,7 @@ MEMORY = 8  # past actions an agent is reminded of
 class AgentRecord:
     id: str
     hosted: str = ""  # the hosted behaviour's name, "" for an external agent
+    home: str = ""  # the city district (region) it lives in
     cadence: int = 10
     phase: int = 0  # observed when tick % cadence == phase
     pending_tick: int | None = None  # the observation waiting for an answer
@@ -59,6 +61,7 @@ class Effect:
     vx: float = 0.0
     vy: float = 0.0
     say: str = ""
+    building: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,7 @@ def observe(
         messages=messages,
         environment=environment or {},
         actions=sorted(ACTIONS),
-        memory={"recent": list(agent.memory), "notes": dict(agent.notes)},
+        memory={"home": agent.home, "recent": list(agent.memory), "notes": dict(agent.notes)},
     )
 
 
@@ -113,6 +116,11 @@ def check(action: Action, *, max_speed: float) -> Effect | Rejected:
         )
     if name == "wait":
         return Effect("wait")
+    if name == "claim":
+        building = p.get("building")
+        if not isinstance(building, str) or building.count("/") != 2:
+            return Rejected("impossible", "claim needs params.building: district/neighbourhood/b")
+        return Effect("claim", building=building)
     if name == "say":
         text = p.get("text")
         if not isinstance(text, str) or not text:

@@ -35,8 +35,18 @@ from components.scheduler.hosted import HOSTED, HostedAgent
 from components.scheduler.settings import SchedulerSettings
 from components.scheduler.view import WorldView
 from store import Store, StoreError, StoreSettings, open_store
+from world.city import building_key
 from world.geometry import RegionIndex
-from world.payloads import AgentError, DistrictControl, EntityColumns, RegionMap, Tick
+from world.payloads import (
+    AgentError,
+    Building,
+    DistrictControl,
+    EntityColumns,
+    RegionMap,
+    Tick,
+)
+
+CLAIM_REACH = 2.0  # how near a building an agent must stand to claim it
 
 __all__ = ["AgentScheduler"]
 
@@ -56,6 +66,8 @@ class AgentScheduler(Component):
         self.index = RegionIndex(())
         self.tick = 0
         self.steers: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+        self.buildings: dict[str, Building] = {}
+        self.claims: list[tuple[str, str, str]] = []  # (region, building, agent) to send
         self.db: Store | None = None
         self.stats = {"observations": 0, "answers": 0, "late": 0, "impossible": 0, "malformed": 0}
 
@@ -74,6 +86,7 @@ class AgentScheduler(Component):
                 "act": bus.subscribe(t["agent.act"].build(agent="+"), maxsize=100_000),
                 "dlq": bus.subscribe(t["dlq"].build(kind=self.kind)),
                 "clock": bus.subscribe(t["world.clock"].build(world=self.world)),
+                "city": bus.subscribe(t["city.building"].build(world=self.world)),
             }
             for sub in subs.values():
                 await sub.start()
@@ -91,6 +104,7 @@ class AgentScheduler(Component):
             data = snap.payload
             record = self._record(snap.owner_id, str(data.get("hosted", "")))
             record.notes = dict(data.get("notes", {}))
+            record.home = str(data.get("home", ""))
         for spec in filter(None, self.settings.scheduler_hosted.split(",")):
             kind, _, count = spec.strip().partition(":")
             if kind not in HOSTED:
@@ -104,7 +118,7 @@ class AgentScheduler(Component):
         if record is None:
             cadence = self.settings.scheduler_cadence
             phase = random.Random(agent).randrange(cadence)
-            record = self.agents[agent] = AgentRecord(agent, hosted, cadence, phase)
+            record = self.agents[agent] = AgentRecord(agent, hosted, cadence=cadence, phase=phase)
             if hosted:
                 self.hosted[agent] = HOSTED[hosted](agent)
         return record
@@ -113,7 +127,10 @@ class AgentScheduler(Component):
         assert self.db is not None
         try:
             await self.db.put_snapshot(
-                "agent", record.id, "record", {"hosted": record.hosted, "notes": record.notes}
+                "agent",
+                record.id,
+                "record",
+                {"hosted": record.hosted, "notes": record.notes, "home": record.home},
             )
         except StoreError as exc:
             self.log.error("agent %s not persisted: %s", record.id, exc)
@@ -139,12 +156,14 @@ class AgentScheduler(Component):
             if parsed is not None and parsed["agent"] in self.agents:
                 self.stats["malformed"] += 1
                 await self._fail(self.agents[parsed["agent"]], "malformed", p.reason)
+        elif name == "city" and isinstance(p, Building):
+            self.buildings[building_key(p)] = p
         elif name == "map" and isinstance(p, RegionMap):
             first = self.map is None
             self.map = p
             self.index = RegionIndex(p.regions)
             if first:
-                for record in self.agents.values():
+                for record in list(self.agents.values()):
                     await self._place(record)
 
     # -- agents joining and leaving ------------------------------------------------------------
@@ -171,6 +190,9 @@ class AgentScheduler(Component):
         region = self.index.region_at(x, y)
         if region is None:
             return
+        if not record.home:
+            record.home = region.id
+            await self._save(record)
         entities = EntityColumns(id=[record.id], x=[x], y=[y], vx=[0.0], vy=[0.0], swarm=[""])
         await self.bus.publish(
             self.topics["world.control"].build(world=self.world, district=region.district),
@@ -198,6 +220,7 @@ class AgentScheduler(Component):
             "bounds": self.map.bounds.model_dump() if self.map else None,
             "max_speed": s.scheduler_max_speed,
         }
+        buildings = list(self.buildings.values())
         for record in list(self.agents.values()):
             if not record.due(tick.tick) or record.pending_tick is not None:
                 continue
@@ -208,7 +231,7 @@ class AgentScheduler(Component):
                 sight=s.scheduler_sight, visible_max=s.scheduler_visible_max,
                 deadline=s.scheduler_deadline,
                 region=region.id if region else "", district=region.district if region else "",
-                environment=environment,
+                environment={**environment, "buildings": self._buildings_near(here, buildings)},
             )  # fmt: skip
             record.pending_tick = tick.tick
             record.deadline = now + s.scheduler_deadline
@@ -219,6 +242,23 @@ class AgentScheduler(Component):
                 await self.bus.publish(
                     self.topics["agent.act"].build(agent=record.id), hosted.decide(obs)
                 )
+
+    def _buildings_near(
+        self, here: tuple[float, float] | None, buildings: list[Building]
+    ) -> list[dict[str, Any]]:
+        if here is None:
+            return []
+        sight = self.settings.scheduler_sight
+        near = []
+        for b in buildings:
+            cx = (b.bounds.x0 + b.bounds.x1) / 2
+            cy = (b.bounds.y0 + b.bounds.y1) / 2
+            if abs(cx - here[0]) <= sight and abs(cy - here[1]) <= sight:
+                near.append(
+                    {"building": building_key(b), "x": round(cx, 2), "y": round(cy, 2),
+                     "claimed_by": b.claimed_by}
+                )  # fmt: skip
+        return near[:10]
 
     async def _deadlines(self) -> None:
         while True:
@@ -257,6 +297,8 @@ class AgentScheduler(Component):
             await self.bus.publish(self.topics["agent.error"].build(agent=agent), error)
             return
         result = check(action, max_speed=self.settings.scheduler_max_speed)
+        if isinstance(result, Effect) and result.action == "claim":
+            result = self._claimable(record, result)
         if isinstance(result, Rejected):
             self.stats["impossible"] += 1
             await self._fail(record, result.code, result.reason)
@@ -271,8 +313,29 @@ class AgentScheduler(Component):
             await self._save(record)
         self._apply(record, result, pending)
 
+    def _claimable(self, record: AgentRecord, effect: Effect) -> Effect | Rejected:
+        building = self.buildings.get(effect.building)
+        if building is None:
+            return Rejected("impossible", f"no building {effect.building!r} in this city")
+        if building.claimed_by not in (None, record.id):
+            return Rejected("impossible", f"{effect.building} is claimed by {building.claimed_by}")
+        here = self.view.where(record.id)
+        bb = building.bounds
+        if here is None or not (
+            bb.x0 - CLAIM_REACH <= here[0] <= bb.x1 + CLAIM_REACH
+            and bb.y0 - CLAIM_REACH <= here[1] <= bb.y1 + CLAIM_REACH
+        ):
+            return Rejected("impossible", f"stand at {effect.building} to claim it")
+        # taken at once here, so a second claimant in the same moment is refused
+        self.buildings[effect.building] = building.model_copy(update={"claimed_by": record.id})
+        return effect
+
     def _apply(self, record: AgentRecord, effect: Effect, tick: int) -> None:
-        if effect.action in ("move", "wait"):
+        if effect.action == "claim":
+            building = self.buildings[effect.building]
+            self.claims.append((building.district, effect.building, record.id))
+            self._steer(record.id, 0.0, 0.0)
+        elif effect.action in ("move", "wait"):
             self._steer(record.id, effect.vx, effect.vy)
         elif effect.say:
             here = self.view.where(record.id)
@@ -295,7 +358,9 @@ class AgentScheduler(Component):
             )
             record.pending_tick = None
             self._steer(record.id, 0.0, 0.0)
-        error = AgentError(tick=tick, code=code, reason=reason, applied=applied)  # type: ignore[arg-type]
+        error = AgentError.model_validate(
+            {"tick": tick, "code": code, "reason": reason, "applied": applied}
+        )
         await self.bus.publish(self.topics["agent.error"].build(agent=record.id), error)
 
     def _steer(self, agent: str, vx: float, vy: float) -> None:
@@ -308,6 +373,16 @@ class AgentScheduler(Component):
                 self.steers[district].append((agent, vx, vy))
 
     async def _flush_steers(self) -> None:
+        claims, self.claims = self.claims, []
+        for region, building, agent in claims:
+            if self.map is None or region not in self.index.position:
+                continue
+            await self.bus.publish(
+                self.topics["world.control"].build(
+                    world=self.world, district=self.index.district_of(region)
+                ),
+                DistrictControl(op="claim", building=building, agent=agent),
+            )
         if not self.steers:
             return
         steers, self.steers = self.steers, defaultdict(list)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
-from world.behaviours import default_registry
 
 from bus import Bus, Message
 from bus.payloads import RpcReply, RpcRequest
@@ -30,6 +30,7 @@ from components.swarm.scaling import coupling, despawn_plan, spawn_plan
 from components.swarm.settings import SwarmSettings
 from store import Store, StoreError, StoreSettings, open_store
 from world import metrics
+from world.behaviours import default_registry
 from world.payloads import (
     Bounds,
     DistrictControl,
@@ -334,10 +335,10 @@ class SwarmCoordinator(Component):
         self.scaling[spec.name] = progress
         task = asyncio.get_running_loop().create_task(self._scale(spec, progress, rate))
         self.scales[spec.name] = task
-        task.add_done_callback(lambda _t, n=spec.name, t=task: self._scale_done(n, t))
+        task.add_done_callback(functools.partial(self._scale_done, spec.name))
         return progress.model_dump()
 
-    def _scale_done(self, name: str, task: asyncio.Task[None]) -> None:
+    def _scale_done(self, name: str, task: asyncio.Task[None]) -> None:  # a done callback
         if self.scales.get(name) is task:
             del self.scales[name]
 

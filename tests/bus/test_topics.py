@@ -262,17 +262,29 @@ def test_validate_filter_rejects_malformed_filters(bad: str) -> None:
 def test_agent_acl_is_its_own_topics_and_the_health_summary(tree: TopicTree) -> None:
     rules = {(r.access, r.pattern) for r in tree.acl("agent")}
     assert ("write", "mv/agent/%u/act") in rules
-    assert rules == {
-        ("read", "mv/sys/health"),
+    own = {(access, pattern) for access, pattern in rules if "/agent/" in pattern}
+    assert own == {
         ("read", "mv/agent/%u/obs"),
+        ("read", "mv/agent/%u/error"),
         ("write", "mv/agent/%u/act"),
         ("write", "mv/agent/%u/state"),
         ("read", "mv/agent/%u/state"),
         ("write", "mv/agent/%u/telemetry"),
     }
-    # nothing that reaches another agent's topics or the system tree
+    # beyond its own topics: reading the health summary and the public state of the world
+    public = {pattern for access, pattern in rules - own if access == "read"}
+    assert public == {
+        "mv/sys/health",
+        "mv/world/+/snapshot",
+        "mv/world/+/regions",
+        "mv/world/+/region/+/updates",
+        "mv/world/+/region/+/snapshot",
+        "mv/world/+/city/+/+/+",
+        "mv/swarm/+/status",
+    }
+    assert not {pattern for access, pattern in rules - own if access == "write"}
     for _, pattern in rules:
-        assert "+" not in pattern and "#" not in pattern
+        assert "#" not in pattern
 
 
 def test_acl_rules_name_the_declaration_and_take_a_username_token(tree: TopicTree) -> None:
@@ -285,7 +297,7 @@ def test_component_and_operator_acls(tree: TopicTree) -> None:
     component = {(r.access, r.pattern) for r in tree.acl("component")}
     assert ("read", "mv/agent/+/act") in component
     assert ("write", "mv/agent/+/obs") in component
-    assert ("write", "mv/agent/+/act") not in component  # only the agent itself answers
+    assert ("write", "mv/agent/+/act") in component  # the scheduler answers for hosted agents
     operator = {(r.access, r.pattern) for r in tree.acl("operator")}
     assert ("write", "mv/sys/component/+/+/cmd") in operator
     assert ("write", "mv/sys/component/+/+/status") not in operator
