@@ -31,14 +31,15 @@ run: $(STAMP)
 	$(BIN)/mapleverse up
 
 # What the suite needs beyond Python: a mosquitto binary (the tests start their own broker
-# from mosquitto/ on a free port), nats-server (the clustered-broker contract tier) and Node
-# for the official AsyncAPI parser. Installed when missing and we are root (or have sudo);
+# from mosquitto/ on a free port), nats-server (the clustered-broker contract tier), Node
+# for the official AsyncAPI parser and mqtt.js, and Chromium for the browser agent page. Installed when missing and we are root (or have sudo);
 # otherwise the tier is skipped with its reason, or fails when CI=true.
 services:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
 	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null) \
@@ -82,6 +83,8 @@ generate: $(STAMP)
 
 bench: $(STAMP) services
 	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/bus_throughput.py
+	$(BIN)/python benchmarks/flocking.py
+	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/world.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules

@@ -25,6 +25,7 @@ import numpy as np
 
 from bus import Bus, Message
 from bus.batching import BatchPublisher
+from bus.payloads import AgentState, Telemetry
 from bus.topics import Topic
 from components.district.handoff import Outbound
 from components.district.model import District
@@ -39,6 +40,7 @@ from world.geometry import halo_regions
 from world.payloads import (
     Building,
     DistrictControl,
+    EntityColumns,
     Handoff,
     RegionMap,
     RegionSnapshot,
@@ -70,6 +72,9 @@ class DistrictServer(Component):
         self.halo_subs: dict[str, asyncio.Task[None]] = {}
         self.last_snapshot: dict[str, float] = {}
         self.buildings: dict[str, Building] = {}  # of the regions we own, by key
+        self.directory: dict[str, str] = {}  # device -> the district that says it owns it
+        self.devices: dict[str, tuple[float, float, float]] = {}  # last telemetry: t, x, y
+        self.announce: set[str] = set()  # devices whose directory entry we must publish
         self.stepped = asyncio.Event()  # set after every processed tick (tests wait on it)
         self.loaded = asyncio.Event()
         t = self.topics
@@ -106,6 +111,8 @@ class DistrictServer(Component):
                 "swarm": bus.subscribe(t["swarm.config"].build(swarm="+")),
                 "control": bus.subscribe(self.control_topic),
                 "handoff": bus.subscribe(self.handoff_topic),
+                "telemetry": bus.subscribe(t["agent.telemetry"].build(agent="+"), maxsize=100_000),
+                "directory": bus.subscribe(t["agent.state"].build(agent="+"), maxsize=100_000),
             }
             clock = bus.subscribe(t["world.clock"].build(world=self.world), maxsize=100_000)
             for sub in (*subs.values(), clock):
@@ -165,6 +172,8 @@ class DistrictServer(Component):
             self._out_metric.inc(sum(len(b.entities) for b in journal.given))
             self._in_metric.inc(sum(len(c) for c in journal.taken))
         await self._announce()
+        if self.announce:
+            await self._announce_devices()
         if tick is not None:
             await self._publish_tick(tick, started)
         elif changed:  # paused, yet owners changed: say so (drains and scales wait on it)
@@ -205,10 +214,18 @@ class DistrictServer(Component):
                 d.steer(payload.entities)
             elif payload.op == "claim":
                 await self._claim(payload.building, payload.agent)
+        elif name == "telemetry" and isinstance(payload, Telemetry):
+            await self._telemetry(msg, payload)
+        elif name == "directory" and isinstance(payload, AgentState):
+            if payload.status == "device" and isinstance(payload.data.get("district"), str):
+                self.directory[msg.params["agent"]] = payload.data["district"]
         elif name == "handoff" and isinstance(payload, Handoff):
             if payload.op == "offer" and payload.entities is not None:
                 ids = d.offer_received(payload.entities)
                 self.accepts.append((payload.sender, payload.batch, ids))
+                for entity in ids:  # devices now ours: say so in the directory
+                    if entity in self.devices and entity in d.table:
+                        self.announce.add(entity)
             elif payload.op == "accept":
                 done = d.accept_received(payload.batch)
                 if done is not None and done.sent:
@@ -397,6 +414,65 @@ class DistrictServer(Component):
                 vel[:, 0] = np.concatenate([c["vx"] for c in cols])
                 vel[:, 1] = np.concatenate([c["vy"] for c in cols])
                 self.district.halo[region] = (pos, vel)
+
+    # -- devices -------------------------------------------------------------------------------
+    async def _telemetry(self, msg: Message[Any], telemetry: Telemetry) -> None:
+        """A device's position: update the entity we own, or adopt a device new to the world
+        whose position is in one of our regions (the directory names who owns which device,
+        so two districts never adopt the same one)."""
+        d = self.district
+        agent = msg.params["agent"]
+        bounds = d.world_bounds
+        if bounds is None:
+            return
+        limit = self.settings.district_telemetry_max_bytes
+        first = min((r.district for r in d.map.regions), default="") if d.map else ""
+        if len(msg.raw) > limit or not bounds.contains(telemetry.x, telemetry.y):
+            if first == self.id:  # one district reports it, not every one
+                reason = (
+                    f"oversized: {len(msg.raw)} bytes; at most {limit}"
+                    if len(msg.raw) > limit
+                    else f"out of bounds: ({telemetry.x:g}, {telemetry.y:g}) is outside the "
+                    f"world {bounds.as_tuple()}"
+                )
+                await self.bus.dead_letter(msg, reason)
+            return
+        now = time.time()
+        row = d.table.index.get(agent)
+        last = self.devices.get(agent)
+        if row is not None:
+            vx = vy = 0.0
+            if last is not None and 0 < now - last[0] < 5.0:
+                vx = (telemetry.x - last[1]) / (now - last[0])
+                vy = (telemetry.y - last[2]) / (now - last[0])
+            d.table.pos[row] = (telemetry.x, telemetry.y)
+            d.table.vel[row] = (vx, vy)
+            self.devices[agent] = (now, telemetry.x, telemetry.y)
+            return
+        region = d.index.region_at(telemetry.x, telemetry.y)
+        mine = region is not None and region.district == self.id
+        if mine and self.directory.get(agent, self.id) == self.id and agent not in d.ledger.seen:
+            entities = EntityColumns(
+                id=[agent], x=[telemetry.x], y=[telemetry.y], vx=[0.0], vy=[0.0], swarm=[""]
+            )
+            if d.spawn(entities):
+                self.devices[agent] = (now, telemetry.x, telemetry.y)
+                self.directory[agent] = self.id
+                self.announce.add(agent)
+
+    async def _announce_devices(self) -> None:
+        announce, self.announce = self.announce, set()
+        for agent in announce:
+            row = self.district.table.index.get(agent)
+            if row is None:
+                continue
+            x, y = self.district.table.pos[row].tolist()
+            region = self.district.index.region_at(x, y)
+            state = AgentState(
+                status="device",
+                data={"district": self.id, "region": region.id if region else "", "x": x, "y": y},
+            )
+            await self.bus.publish(self.topics["agent.state"].build(agent=agent), state)
 
     # -- the city ------------------------------------------------------------------------------
     async def _adopt_buildings(self) -> None:

@@ -22,6 +22,9 @@ class DistrictSettings(WorldSettings):
     district_handoff_retry: float = Field(
         default=0.5, gt=0, description="seconds before an unaccepted hand-off is offered again"
     )
+    district_telemetry_max_bytes: int = Field(
+        default=1024, ge=64, description="larger telemetry messages are rejected to the DLQ"
+    )
     district_idle_interval: float = Field(
         default=0.2,
         gt=0,

@@ -6,9 +6,10 @@
 Its username is its agent id and its MQTT client id. The broker lets it use its own topics
 only (docs/agents.md):
 
-    mv/agent/{id}/state   it publishes its state there, retained; its Will says `offline`
-    mv/agent/{id}/obs     it subscribes: the observations sent to it
-    mv/agent/{id}/act     it answers each observation there, the observation's id as `corr`
+    mv/agent/{id}/state   it joins the world by saying `ready` there, retained; its Will: `offline`
+    mv/agent/{id}/obs     it subscribes: an observation every few ticks, to answer in time
+    mv/agent/{id}/act     it answers each observation there, with the observation's tick
+    mv/agent/{id}/error   it subscribes: why an answer was not applied (late, impossible, ...)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import random
 import sys
 import threading
 import time
@@ -34,6 +37,7 @@ ROOT = os.environ.get("MAPLEVERSE_ROOT", "mv")
 STATE = f"{ROOT}/agent/{AGENT}/state"
 OBS = f"{ROOT}/agent/{AGENT}/obs"
 ACT = f"{ROOT}/agent/{AGENT}/act"
+ERROR = f"{ROOT}/agent/{AGENT}/error"
 
 
 def envelope(data: dict[str, Any], corr: str | None = None) -> bytes:
@@ -45,16 +49,44 @@ def envelope(data: dict[str, Any], corr: str | None = None) -> bytes:
     return json.dumps(message).encode()
 
 
-def decide(observation: dict[str, Any]) -> dict[str, Any]:
-    """The agent's brain: an Action for an Observation. This one always steps east."""
-    tick = observation.get("tick", 0)
-    return {"action": "move", "params": {"dx": 1, "dy": 0}, "reasoning": f"tick {tick}: east"}
+class Brain:
+    """Walks to the nearest entity in sight and greets it once; with nobody near, wanders."""
+
+    def __init__(self) -> None:
+        self.rng = random.Random(AGENT)
+        self.heading = self.rng.uniform(0, 2 * math.pi)
+        self.greeted: set[str] = set()
+
+    def decide(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """An Action for an Observation; it answers the observation's tick."""
+        tick = observation.get("tick")
+        limit = (observation.get("environment") or {}).get("max_speed", 2.0)
+        here = observation.get("location")  # null until the world has placed the agent
+        seen = observation.get("visible") or []  # nearest first: id, x, y, swarm, distance
+        if here and seen:
+            near = seen[0]
+            if near["distance"] < 3 and near["id"] not in self.greeted:
+                self.greeted.add(near["id"])
+                return {"action": "say", "tick": tick, "params": {"text": f"hello {near['id']}"},
+                        "reasoning": "a new face", "confidence": 0.9}  # fmt: skip
+            if near["distance"] >= 3:
+                self.heading = math.atan2(near["y"] - here["y"], near["x"] - here["x"])
+                return self.move(tick, min(2.0, limit), f"walking over to {near['id']}")
+        if self.rng.random() < 0.2:  # now and then, a new direction
+            self.heading = self.rng.uniform(0, 2 * math.pi)
+        return self.move(tick, min(1.0, limit), "wandering")
+
+    def move(self, tick: int | None, speed: float, why: str) -> dict[str, Any]:
+        dx, dy = math.cos(self.heading), math.sin(self.heading)
+        return {"action": "move", "tick": tick, "params": {"dx": dx, "dy": dy, "speed": speed},
+                "reasoning": why, "confidence": 0.8}  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="A plain paho-mqtt Mapleverse agent.")
     parser.add_argument("--max-obs", type=int, default=0, help="leave after N (0: never)")
     args = parser.parse_args()
+    brain = Brain()
     done = threading.Event()
     answered = 0
     refused: list[str] = []
@@ -69,10 +101,10 @@ def main() -> int:
             refused.append(str(reason))
             done.set()
             return
-        client.subscribe(OBS, qos=1)  # on every (re)connection: the session is clean
+        client.subscribe([(OBS, 1), (ERROR, 1)])  # on every (re)connection: the session is clean
 
     def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        # Listening now: say so, retained, so whoever looks later sees the current state.
+        # Listening now: join the world by saying so, retained (the scheduler starts observing).
         client.publish(STATE, envelope({"status": "ready"}), qos=1, retain=True)
         print(f"{AGENT}: ready, listening on {OBS}", flush=True)
 
@@ -82,15 +114,20 @@ def main() -> int:
             message = json.loads(msg.payload)
         except ValueError:
             return  # not JSON: bad input never crashes the agent
-        if not isinstance(message, dict):
+        data = message.get("data", message) if isinstance(message, dict) else None
+        if not isinstance(data, dict):  # enveloped or bare, it must be a JSON object
             return
-        observation = message.get("data", message)  # enveloped, or a bare Observation
-        if not isinstance(observation, dict):
+        if msg.topic == ERROR:  # an answer was not applied; `applied` says what was instead
+            print(f"{AGENT}: error at tick {data.get('tick')}: {data.get('code')}: "
+                  f"{data.get('reason')} ({data.get('applied')} applied)", flush=True)  # fmt: skip
             return
-        action = decide(observation)
+        try:
+            action = brain.decide(data)
+        except (KeyError, TypeError, ValueError):  # an observation it cannot make sense of
+            action = {"action": "wait", "tick": data.get("tick"), "reasoning": "confused"}
         client.publish(ACT, envelope(action, corr=message.get("id")), qos=1)
         answered += 1
-        print(f"{AGENT}: tick {observation.get('tick')} -> {action['action']}", flush=True)
+        print(f"{AGENT}: tick {data.get('tick')} -> {action['action']}", flush=True)
         if answered == args.max_obs:
             done.set()
 

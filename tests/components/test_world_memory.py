@@ -7,6 +7,7 @@ them over request/reply exactly as the CLI does. Storage is a SQLite file per te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,3 +251,50 @@ async def test_late_impossible_and_malformed_answers_get_an_error_and_the_defaul
         assert e.code == "late" and e.applied == "none"
     finally:
         await agent.close()
+
+
+async def test_device_telemetry_becomes_an_entity_and_bad_telemetry_goes_to_the_dlq(
+    world: World,
+) -> None:
+    op = world.operator
+    t = op.topics
+    dlq = await op.subscribe(t["dlq"].build(kind="+"))
+    updates = await op.subscribe(t["region.updates"].build(world="main", region="+"))
+    drone = await agent_bus(world, "drone-7")
+    try:
+        topic = str(t["agent.telemetry"].build(agent="drone-7"))
+
+        async def send(raw: bytes) -> None:
+            await drone.publish_bytes(topic, raw, 0, False)
+
+        await send(b'{"x": 150.0, "y": 50.0, "battery": 0.9}')  # in the right-hand region
+
+        def seen_at(x_min: float) -> Any:
+            def check(m: Any) -> bool:
+                cols = m.payload.columns
+                return any(i == "drone-7" and x >= x_min for i, x in zip(cols["id"], cols["x"]))
+
+            return check
+
+        first = await next_matching(updates, seen_at(149.0), TIMEOUT)
+        assert first.params["region"] == "r0-1"  # owned by d2
+        await send(b'{"x": 160.0, "y": 50.0, "battery": 0.8}')
+        await next_matching(updates, seen_at(159.0), TIMEOUT)
+        # bad telemetry: not finite, outside the world, too big: each reported, with why
+        await send(b'{"x": NaN, "y": 1.0}')
+        await send(b'{"x": 5000.0, "y": 50.0}')
+        await send(b'{"x": 150.0, "y": 50.0, "junk": "' + b"z" * 2000 + b'"}')
+        reasons: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                reasons.append((await dlq.get(timeout=0.5)).payload.reason)
+        assert any(r.startswith("not JSON") for r in reasons), reasons  # every reader says so
+        # what only makes no sense in the world is reported by one district server, once
+        assert sum("out of bounds" in r for r in reasons) == 1, reasons
+        assert sum("oversized" in r for r in reasons) == 1, reasons
+        # a district server owns it: its entity is in the retained device directory
+        states = await op.subscribe(t["agent.state"].build(agent="drone-7"))
+        state = (await states.get(timeout=TIMEOUT)).payload
+        assert state.status == "device" and state.data["district"] == "d2"
+    finally:
+        await drone.close()

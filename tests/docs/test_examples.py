@@ -22,8 +22,14 @@ from broker.settings import BrokerSettings
 from bus import Bus, BusSettings
 from bus.payloads import Action, AgentState, Observation, Status
 from bus.topics import load
+from components.district import DistrictSettings
 from components.health import HealthSettings
+from components.orchestrator import OrchestratorSettings
+from components.router import RouterSettings
 from components.runtime import ComponentSettings
+from components.runtime.settings import WorldSettings
+from components.scheduler import SchedulerSettings
+from components.swarm import SwarmSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -310,7 +316,18 @@ def test_every_declared_topic_is_documented() -> None:
 
 @pytest.mark.parametrize(
     "model",
-    [BusSettings, ComponentSettings, HealthSettings, BrokerSettings],
+    [
+        BusSettings,
+        ComponentSettings,
+        HealthSettings,
+        BrokerSettings,
+        WorldSettings,
+        OrchestratorSettings,
+        DistrictSettings,
+        SwarmSettings,
+        SchedulerSettings,
+        RouterSettings,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_every_setting_is_documented(model: type[BusSettings]) -> None:

@@ -1,0 +1,521 @@
+"""The agent examples of docs/agents.md in a real world: the orchestrator, two district servers
+and the agent scheduler run in this process over a real broker (the embedded amqtt, and
+Mosquitto when installed), and the agents are what a reader runs:
+
+* docs/examples/paho_agent.py as a subprocess, over MQTT;
+* docs/examples/browser_agent.html in headless Chromium, over MQTT-over-WebSocket (the
+  embedded broker's ws listener), with mqtt.js from tests/node/node_modules served locally.
+  Chromium is driven over the DevTools protocol (a WebSocket), so no driver is needed.
+
+Without chromium, or without `npm ci --prefix tests/node`, the browser test is skipped with
+the reason (it fails instead when CI=true).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import http.server
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from brokers import KINDS, BrokerHandle, start_broker
+from helpers import next_matching
+from websockets.asyncio.client import ClientConnection, connect
+
+from bus import Bus, BusSettings, Message, Subscription
+from bus.payloads import Action, AgentState, Observation
+from components.district import DistrictServer, DistrictSettings
+from components.orchestrator import Orchestrator, OrchestratorSettings
+from components.runtime import Component
+from components.scheduler import AgentScheduler, SchedulerSettings
+from world.payloads import AgentError, WorldSnapshot
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "docs" / "examples"
+NODE = REPO / "tests" / "node"
+MQTTJS = NODE / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
+TIMEOUT = 20.0
+OBSERVATIONS = 10  # answered by an agent before it leaves
+
+# A small user pool: hashing hundreds of users is most of a broker's start-up.
+POOL = {"component": 30, "agent": 10, "operator": 10}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(kind, marks=KINDS[kind].marks) for kind in ("amqtt", "mosquitto")],
+)
+def world_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerHandle]:
+    handle = start_broker(
+        request.param, tmp_path_factory.mktemp(f"world-{request.param}"), pool_sizes=POOL
+    )
+    yield handle
+    handle.close()
+
+
+def required(what: str, found: object, hint: str) -> None:
+    """Skip the test when `what` is missing (fail when CI=true)."""
+    if found:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing (CI=true requires it): {hint}")
+    pytest.skip(f"{what} is missing: {hint}")
+
+
+# -- the world ---------------------------------------------------------------------------------
+
+
+def login(handle: BrokerHandle, role: str) -> dict[str, Any]:
+    """Settings of a fresh user of `role` on `handle`."""
+    username, password = handle.user(role)
+    return {"host": handle.host, "port": handle.port, "username": username, "password": password}
+
+
+@contextlib.asynccontextmanager
+async def running_world(handle: BrokerHandle, root: str, tmp_path: Path) -> AsyncIterator[Bus]:
+    """The orchestrator, districts d1 (west) and d2 (east) and the scheduler (observing each
+    agent every 5 ticks at 50 ticks/s) on `handle`, each as its own component user; yields a
+    component's bus to watch the agents' topics with."""
+    common: dict[str, Any] = {
+        "root": root,
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.5,
+        "heartbeat_interval": 0.5,
+        "store_url": f"sqlite+aiosqlite:///{tmp_path}/world.db",
+    }
+    components: list[Component] = [
+        Orchestrator(
+            OrchestratorSettings(
+                world_rate=50, world_layout="2x1", world_bounds="0,0,200,100",
+                world_districts="d1,d2", world_snapshot_interval=0.1,
+                **common, **login(handle, "component"),
+            )
+        ),
+        DistrictServer(DistrictSettings(id="d1", **common, **login(handle, "component"))),
+        DistrictServer(DistrictSettings(id="d2", **common, **login(handle, "component"))),
+        AgentScheduler(
+            SchedulerSettings(
+                scheduler_cadence=5, scheduler_deadline=2.0,
+                **common, **login(handle, "component"),
+            )
+        ),
+    ]  # fmt: skip
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for component in components:
+            task = asyncio.create_task(component.run(), name=f"test-{component.kind}")
+            tasks.append(task)
+            ready = asyncio.create_task(component.ready.wait())
+            await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
+            if not ready.done():
+                ready.cancel()
+                raise AssertionError(f"{component.kind} did not start: {task}")
+        settings = BusSettings(root=root, clean_session=True, **login(handle, "component"))
+        async with Bus(settings) as bus:
+            yield bus
+    finally:
+        for component in components:
+            component.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TIMEOUT)
+
+
+async def world_where(bus: Bus, predicate: Any) -> WorldSnapshot:
+    """The first world snapshot (retained, then every 0.1 s) satisfying `predicate`."""
+    sub = await bus.subscribe(bus.topics["world.snapshot"].build(world="main"))
+    try:
+        msg = await next_matching(sub, lambda m: predicate(m.payload), TIMEOUT)
+    finally:
+        await sub.close()
+    snapshot: WorldSnapshot = msg.payload
+    return snapshot
+
+
+async def last_state(handle: BrokerHandle, root: str, agent: str) -> Message[Any]:
+    """The agent's retained state, as a late joiner (an operator) sees it."""
+    async with Bus(BusSettings(root=root, clean_session=True, **login(handle, "operator"))) as op:
+        states = await op.subscribe(op.topics.agent.state(agent=agent))
+        return await states.get(timeout=TIMEOUT)
+
+
+def moved(observations: list[Observation]) -> float:
+    """How far the agent walked, from one observation with a location to the next (a path
+    length: a wanderer may turn back)."""
+    placed = [o.location for o in observations if o.location is not None]
+    assert len(placed) >= 2, f"fewer than two observations with a location: {observations}"
+    return sum(math.hypot(b.x - a.x, b.y - a.y) for a, b in itertools.pairwise(placed))
+
+
+async def answered(
+    sent: Subscription, acts: Subscription, agent: str, count: int
+) -> tuple[list[Observation], list[Action]]:
+    """The first `count` answers of `agent` and the observations they answer (by tick and by
+    envelope correlation), in order."""
+    observations: dict[int, Message[Any]] = {}
+    answers: list[Action] = []
+    while len(answers) < count:
+        act = await next_matching(acts, lambda m: m.envelope.sender == agent, TIMEOUT)
+        assert isinstance(act.payload, Action) and act.payload.tick is not None
+        while act.payload.tick not in observations:
+            obs = await sent.get(timeout=TIMEOUT)
+            observations[obs.payload.tick] = obs
+        assert act.envelope.corr == observations[act.payload.tick].envelope.id
+        answers.append(act.payload)
+    asked = [observations[a.tick].payload for a in answers if a.tick is not None]
+    return asked, answers
+
+
+# -- the paho-mqtt agent -----------------------------------------------------------------------
+
+
+def agent_environment(handle: BrokerHandle, root: str) -> dict[str, str]:
+    """MAPLEVERSE_* of a fresh agent user, as docs/agents.md tells a reader to set them."""
+    username, password = handle.user("agent")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
+    env.update(
+        MAPLEVERSE_HOST=handle.host,
+        MAPLEVERSE_PORT=str(handle.port),
+        MAPLEVERSE_USERNAME=username,
+        MAPLEVERSE_PASSWORD=password,
+        MAPLEVERSE_ROOT=root,
+    )
+    return env
+
+
+async def run_paho_agent(env: dict[str, str], *args: str) -> str:
+    """docs/examples/paho_agent.py run to its end; its stdout (stderr in the failure message)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "paho_agent.py"), *args,
+        env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, f"paho_agent.py exited with {proc.returncode}:\n{err.decode()}"
+    return out.decode()
+
+
+async def test_paho_agent_joins_the_world_walks_hears_its_errors_and_leaves(
+    world_broker: BrokerHandle, root: str, tmp_path: Path
+) -> None:
+    env = agent_environment(world_broker, root)
+    agent = env["MAPLEVERSE_USERNAME"]
+    async with running_world(world_broker, root, tmp_path) as bus:
+        t = bus.topics
+        states = await bus.subscribe(t.agent.state(agent=agent))
+        sent = await bus.subscribe(t.agent.obs(agent=agent))
+        acts = await bus.subscribe(t.agent.act(agent=agent))
+        run = asyncio.create_task(run_paho_agent(env, "--max-obs", str(OBSERVATIONS)))
+        ready = await next_matching(states, lambda m: m.payload.status == "ready", TIMEOUT)
+        assert ready.envelope.sender == agent
+        observations, answers = await answered(sent, acts, agent, 1)
+        # An answer to a tick nobody asked about: the scheduler says so on the agent's error topic.
+        stale = observations[0].tick + 1_000_000
+        await bus.publish(t.agent.act(agent=agent), Action(action="wait", tick=stale))
+        more, answers_after = await answered(sent, acts, agent, OBSERVATIONS - 1)
+        out = await run
+        observations += more
+        answers += answers_after
+        assert all(a.action in ("move", "say", "wait") for a in answers)
+        assert all(o.agent == agent and "move" in o.actions for o in observations)
+        assert moved(observations) > 0.2  # its moves move its entity
+        await world_where(bus, lambda s: s.entities == 0)  # it left: despawned
+
+    lines = out.splitlines()
+    assert lines[0] == f"{agent}: ready, listening on {root}/agent/{agent}/obs"
+    assert lines[-1] == f"{agent}: answered {OBSERVATIONS} observations, offline"
+    ticks = [line for line in lines if re.fullmatch(rf"{agent}: tick \d+ -> (move|say)", line)]
+    assert len(ticks) == OBSERVATIONS, out
+    errors = [line for line in lines if line.startswith(f"{agent}: error at tick ")]
+    assert len(errors) == 1, out  # the stale answer's; its real answers were all in time
+    assert f": late: the answer to tick {stale} came after" in errors[0]
+    assert errors[0].endswith("(none applied)")
+    last = await last_state(world_broker, root, agent)
+    assert last.retain and isinstance(last.payload, AgentState)
+    assert last.payload.status == "offline" and last.envelope.sender == agent
+
+
+# -- the browser agent -------------------------------------------------------------------------
+
+
+class _Pages(http.server.SimpleHTTPRequestHandler):
+    """docs/examples/ at `/`, and the mqtt.js the tests installed at `/mqtt.min.js`."""
+
+    def translate_path(self, path: str) -> str:
+        if urlsplit(path).path == "/mqtt.min.js":
+            return str(MQTTJS)
+        return super().translate_path(path)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet
+
+
+@pytest.fixture
+def pages() -> Iterator[str]:
+    """The base URL of a local HTTP server of docs/examples/."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Pages, directory=str(EXAMPLES))
+    )
+    thread = threading.Thread(target=server.serve_forever, name="test-pages", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol: commands and events over one WebSocket,
+    with flat sessions (one per page)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.last_id = 0
+        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self.console: list[str] = []  # the pages' console and uncaught errors, for failures
+        self.reader = asyncio.create_task(self._read(), name="test-devtools")
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            message = json.loads(raw)
+            if "id" in message:
+                reply = self.replies.pop(message["id"])
+                if not reply.done():  # not given up on
+                    reply.set_result(message)
+                continue
+            method, params = message["method"], message.get("params", {})
+            if method == "Runtime.consoleAPICalled":
+                self.console.append(" ".join(str(a.get("value", "")) for a in params["args"]))
+            elif method == "Runtime.exceptionThrown":
+                self.console.append(str(params["exceptionDetails"]))
+            for future in self.waiting.pop(method, []):
+                if not future.done():
+                    future.set_result(params)
+
+    def event(self, method: str) -> asyncio.Future[dict[str, Any]]:
+        """A future of the next event `method` (ask before causing it)."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(method, []).append(future)
+        return future
+
+    async def call(self, method: str, session: str | None = None, **params: Any) -> Any:
+        self.last_id += 1
+        reply = self.replies[self.last_id] = asyncio.get_running_loop().create_future()
+        message: dict[str, Any] = {"id": self.last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        await self.ws.send(json.dumps(message))
+        answer = await asyncio.wait_for(reply, TIMEOUT)
+        if "error" in answer:
+            raise AssertionError(f"{method}: {answer['error']}; console: {self.console}")
+        return answer["result"]
+
+    async def open(self, url: str) -> Page:
+        """A new tab at `url`, once it has loaded (mqtt.js included)."""
+        target = await self.call("Target.createTarget", url="about:blank")
+        attached = await self.call(
+            "Target.attachToTarget", targetId=target["targetId"], flatten=True
+        )
+        page = Page(self, attached["sessionId"])
+        await self.call("Runtime.enable", page.session)
+        await self.call("Page.enable", page.session)
+        loaded = self.event("Page.loadEventFired")
+        await self.call("Page.navigate", page.session, url=url)
+        await asyncio.wait_for(loaded, TIMEOUT)
+        return page
+
+
+class Page:
+    def __init__(self, devtools: DevTools, session: str) -> None:
+        self.devtools = devtools
+        self.session = session
+
+    async def run(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        result = await self.devtools.call(
+            "Runtime.evaluate", self.session,
+            expression=expression, awaitPromise=True, returnByValue=True,
+        )  # fmt: skip
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def arm(self, kind: str) -> str:
+        """Start listening for the page's next `mapleverse:KIND` event (which the page fires as
+        it shows something); the expression to `run` for its detail once it was caused."""
+        await self.run(
+            f"window.next_{kind} = new Promise(resolve => document.addEventListener("
+            f"'mapleverse:{kind}', e => resolve(e.detail), {{once: true}})); true"
+        )
+        return f"window.next_{kind}"
+
+
+def chromium_binary() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    required("chromium", binary, "apt-get install chromium (`make services` installs it)")
+    assert binary is not None
+    return binary
+
+
+@contextlib.asynccontextmanager
+async def chromium(binary: str, tmp_path: Path) -> AsyncIterator[DevTools]:
+    """Headless Chromium, driven over its DevTools WebSocket."""
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--headless", "--no-sandbox",  # no sandbox: tests run as root, in containers
+        "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--no-default-browser-check",
+        f"--user-data-dir={tmp_path / 'chromium'}", "--remote-debugging-port=0", "about:blank",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,  # a process group of its own
+    )  # fmt: skip
+    assert proc.stderr is not None
+    log: list[str] = []
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def drain(stream: asyncio.StreamReader) -> None:  # keeps reading: a full pipe blocks it
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            log.append(line)
+            if line.startswith("DevTools listening on ") and not listening.done():
+                listening.set_result(line.removeprefix("DevTools listening on "))
+        if not listening.done():
+            listening.set_exception(AssertionError("chromium exited:\n" + "\n".join(log)))
+
+    draining = asyncio.create_task(drain(proc.stderr), name="test-chromium-stderr")
+    try:
+        url = await asyncio.wait_for(listening, TIMEOUT)
+        async with connect(url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            try:
+                yield devtools
+            finally:
+                devtools.reader.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own group: renderers too
+                await proc.wait()
+        await draining
+
+
+def page_url(pages: str, handle: BrokerHandle, agent: str, root: str) -> str:
+    """The browser agent's page, its form filled through the query (but the password)."""
+    query = {
+        "mqttjs": "/mqtt.min.js",  # the tests' own copy: no internet
+        "url": f"ws://{handle.host}:{handle.ws_port}",
+        "agent": agent,
+        "root": root,
+    }
+    return f"{pages}/browser_agent.html?{urlencode(query)}"
+
+
+@pytest.mark.parametrize("world_broker", ["amqtt"], indirect=True)  # the one with ws
+async def test_browser_agent_answers_the_worlds_observations_over_websocket(
+    world_broker: BrokerHandle, root: str, tmp_path: Path, pages: str
+) -> None:
+    browser_binary = chromium_binary()
+    required("tests/node/node_modules/mqtt", MQTTJS.exists(), "npm ci --prefix tests/node")
+    agent, password = world_broker.user("agent")
+    async with (
+        running_world(world_broker, root, tmp_path) as bus,
+        chromium(browser_binary, tmp_path) as browser,
+    ):
+        t = bus.topics
+        states = await bus.subscribe(t.agent.state(agent=agent))
+        sent = await bus.subscribe(t.agent.obs(agent=agent))
+        acts = await bus.subscribe(t.agent.act(agent=agent))
+        page = await browser.open(page_url(pages, world_broker, agent, root))
+        assert await page.run("document.querySelector('#agent').value") == agent
+        # The password is typed into the form, never put in the URL.
+        await page.run(
+            f"document.querySelector('#password').value = {json.dumps(password)};"
+            "document.querySelector('#login').requestSubmit(); true"
+        )
+        try:
+            ready = await next_matching(states, lambda m: m.payload.status == "ready", TIMEOUT)
+        except TimeoutError:
+            status = await page.run("document.querySelector('#status').textContent")
+            pytest.fail(f"the page did not join: {status}; console: {browser.console}")
+        assert ready.envelope.sender == agent
+        observations, answers = await answered(sent, acts, agent, OBSERVATIONS)
+        assert all(a.action in ("move", "say", "wait") and a.reasoning for a in answers)
+        assert moved(observations) > 0.2  # its moves move its entity
+        shown = await page.run("document.querySelector('#observation').textContent")
+        assert shown.startswith("tick ") and f'"agent": "{agent}"' in shown
+
+        # An answer to a tick nobody asked about: the page shows the scheduler's error.
+        next_error = await page.arm("error")
+        stale = observations[-1].tick + 1_000_000
+        await bus.publish(t.agent.act(agent=agent), Action(action="wait", tick=stale))
+        detail = AgentError.model_validate(await page.run(next_error))
+        assert (detail.code, detail.applied) == ("late", "none") and str(stale) in detail.reason
+        line = await page.run("document.querySelector('#log .error').textContent")
+        assert line.startswith("error at tick ") and f"late: the answer to tick {stale}" in line
+
+        await page.run("document.querySelector('#leave').click(); true")
+        await next_matching(states, lambda m: m.payload.status == "offline", TIMEOUT)
+        await world_where(bus, lambda s: s.entities == 0)  # it left: despawned
+    last = await last_state(world_broker, root, agent)
+    assert last.retain and last.payload.status == "offline" and last.envelope.sender == agent
+
+
+@pytest.mark.parametrize("world_broker", ["amqtt"], indirect=True)
+async def test_browser_agent_with_a_wrong_password_says_so(
+    world_broker: BrokerHandle, root: str, tmp_path: Path, pages: str
+) -> None:
+    browser_binary = chromium_binary()
+    required("tests/node/node_modules/mqtt", MQTTJS.exists(), "npm ci --prefix tests/node")
+    agent, _ = world_broker.user("agent")
+    async with chromium(browser_binary, tmp_path) as browser:
+        page = await browser.open(page_url(pages, world_broker, agent, root))
+        await page.run(
+            "window.statuses = []; window.refused = new Promise(resolve => "
+            "document.addEventListener('mapleverse:status', e => { statuses.push(e.detail);"
+            " if (e.detail.startsWith('the broker refused')) resolve(statuses); }));"
+            "document.querySelector('#password').value = 'wrong';"
+            "document.querySelector('#login').requestSubmit(); true"
+        )
+        try:
+            statuses = await asyncio.wait_for(page.run("window.refused"), 10)
+        except TimeoutError:
+            pytest.fail(f"{await page.run('window.statuses')}; console: {browser.console}")
+        assert (
+            statuses[-1] == "the broker refused the connection: Connection refused: Not authorized"
+        )
+        assert await page.run("document.querySelector('#connect').disabled") is False, statuses
+
+
+def test_browser_agent_pins_the_mqtt_js_the_tests_use() -> None:
+    """The page's CDN copy of mqtt.js is the version in tests/node/package.json, and its
+    Subresource Integrity hash is that of the file the tests run."""
+    script = (EXAMPLES / "browser_agent.js").read_text()
+    pinned = json.loads((NODE / "package.json").read_text())["dependencies"]["mqtt"]
+    found = re.search(r'src: "https://unpkg\.com/mqtt@([0-9.]+)/dist/mqtt\.min\.js"', script)
+    assert found and found.group(1) == pinned, "browser_agent.js: MQTTJS.src is not the pinned mqtt"
+    required("tests/node/node_modules/mqtt", MQTTJS.exists(), "npm ci --prefix tests/node")
+    digest = base64.b64encode(hashlib.sha384(MQTTJS.read_bytes()).digest()).decode()
+    assert f'integrity: "sha384-{digest}"' in script, "browser_agent.js: stale MQTTJS.integrity"
