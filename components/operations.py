@@ -40,9 +40,19 @@ class OperationFailed(Exception):
 
 
 def add_parsers(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--world", default="main", help="which world (default main)")
+    common.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
+    )
+    common.add_argument("--json", action="store_true", help="print the raw result as JSON")
+
+    def leaf(parent: Any, name: str, **kw: Any) -> Any:
+        return parent.add_parser(name, parents=[common], **kw)
+
     swarm = sub.add_parser("swarm", help="create, scale, pause, resume and inspect swarms")
     s = swarm.add_subparsers(dest="action", required=True)
-    create = s.add_parser("create", help="a new swarm (and scale it to --size)")
+    create = leaf(s, "create", help="a new swarm (and scale it to --size)")
     create.add_argument("name")
     create.add_argument("--behaviour", "--behavior", default="flocking")
     create.add_argument("--size", type=int, default=0)
@@ -50,38 +60,32 @@ def add_parsers(sub: Any) -> None:
     create.add_argument("--bounds", help="x0,y0,x1,y1 (default: the whole world)")
     create.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--no-wait", action="store_true", help="do not follow the scaling")
-    scale = s.add_parser("scale", help="grow or shrink a swarm to TARGET members")
+    scale = leaf(s, "scale", help="grow or shrink a swarm to TARGET members")
     scale.add_argument("name")
     scale.add_argument("target", type=int)
     scale.add_argument("--rate", type=float, default=0.0, help="members per second (0: at once)")
     scale.add_argument("--no-wait", action="store_true")
     for verb in ("pause", "resume"):
-        p = s.add_parser(verb, help=f"{verb} one swarm, or every swarm with --all")
+        p = leaf(s, verb, help=f"{verb} one swarm, or every swarm with --all")
         p.add_argument("name", nargs="?")
         p.add_argument("--all", action="store_true")
-    status = s.add_parser("status", help="one swarm's live status")
+    status = leaf(s, "status", help="one swarm's live status")
     status.add_argument("name")
-    s.add_parser("list", help="every swarm")
+    leaf(s, "list", help="every swarm")
     world = sub.add_parser("world", help="the world clock: pause, resume, tick rate, status")
     w = world.add_subparsers(dest="action", required=True)
     for verb in ("pause", "resume", "status"):
-        w.add_parser(verb)
-    rate = w.add_parser("tick-rate", help="change the target tick rate")
+        leaf(w, verb)
+    rate = leaf(w, "tick-rate", help="change the target tick rate")
     rate.add_argument("--set", dest="rate", type=float, required=True, metavar="N")
     region = sub.add_parser("region", help="regions (districts) of the world")
     r = region.add_subparsers(dest="action", required=True)
-    r.add_parser("list")
-    show = r.add_parser("show")
+    leaf(r, "list")
+    show = leaf(r, "show")
     show.add_argument("region")
-    drain = r.add_parser("drain", help="hand region A and all its entities to B's server")
+    drain = leaf(r, "drain", help="hand region A and all its entities to B's server")
     drain.add_argument("region")
     drain.add_argument("--target", required=True)
-    for parser in (swarm, world, region):
-        parser.add_argument("--world", default="main", help="which world (default main)")
-        parser.add_argument(
-            "--timeout", type=float, default=5.0, help="seconds to wait for an answer"
-        )
-        parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
 
 
 def _params(items: list[str]) -> dict[str, Any]:

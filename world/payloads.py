@@ -164,6 +164,14 @@ class StepReport(Payload):
     pending: int = Field(default=0, ge=0, description="Entities in flight to a neighbour.")
     errors: int = Field(default=0, ge=0, description="Behaviour execution errors this tick.")
     tick_sent: float = Field(default=0.0, description="When the orchestrator sent the tick.")
+    map_version: int = Field(default=0, ge=0, description="The region map it steps by.")
+    in_flight: dict[str, int] = Field(
+        default_factory=dict, description="Per swarm, members offered to a neighbour, unanswered."
+    )
+    draining: dict[str, int] = Field(
+        default_factory=dict,
+        description="Regions it lost in a map change: hand-off batches still unanswered.",
+    )
     headings: dict[str, list[float]] = Field(
         default_factory=dict,
         description="Per swarm, the sum of its members' unit headings [x, y] (coupling).",
@@ -214,7 +222,11 @@ class Handoff(Payload):
 
 
 class RegionSnapshot(Payload):
-    """A region's entities, version and last sync time; retained, every N ticks."""
+    """A region's entities, version and last sync time; retained, every N ticks.
+
+    Split in `parts` messages of at most 500 entities (`.../snapshot/0`, `/1`, ...), so a
+    region of any size fits the broker's packet limit; subscribe to `.../snapshot/+`.
+    """
 
     world: Id
     region: Id
@@ -223,6 +235,9 @@ class RegionSnapshot(Payload):
     tick: int = Field(ge=0)
     version: int = Field(ge=0)
     synced: float = Field(description="Wall clock of this snapshot.")
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1)
+    total: int = Field(default=0, ge=0, description="Entities in all parts together.")
     entities: EntityColumns
 
 

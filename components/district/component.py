@@ -52,6 +52,8 @@ from world.payloads import (
 __all__ = ["DistrictServer"]
 
 UPDATE_FIELDS = ("id", "x", "y", "vx", "vy", "swarm")
+SNAPSHOT_PART = 500  # entities per retained snapshot part: ~40 KiB, under the packet limit
+MAX_SNAPSHOT_PARTS = 8  # after a restart: stale parts up to this many are cleared
 HALO_FIELDS = ("x", "y", "vx", "vy")
 
 
@@ -71,6 +73,8 @@ class DistrictServer(Component):
         self.publishers: dict[str, tuple[BatchPublisher, BatchPublisher]] = {}
         self.halo_subs: dict[str, asyncio.Task[None]] = {}
         self.last_snapshot: dict[str, float] = {}
+        # parts of each region's last snapshot; a smaller one clears the parts left over
+        self.snapshot_parts: dict[str, int] = defaultdict(lambda: MAX_SNAPSHOT_PARTS)
         self.buildings: dict[str, Building] = {}  # of the regions we own, by key
         self.directory: dict[str, str] = {}  # device -> the district that says it owns it
         self.devices: dict[str, tuple[float, float, float]] = {}  # last telemetry: t, x, y
@@ -153,10 +157,13 @@ class DistrictServer(Component):
         self.wake.clear()
         for name, msg in inbox:
             await self._apply(name, msg)
+        errors = 0
+        handoffs_in = d.handoffs_in
         if tick is not None:
             outcome = d.step(tick.tick, tick.dt)
-            if outcome.errors:
-                self._errors_metric.inc(outcome.errors)
+            errors = outcome.errors
+            if errors:
+                self._errors_metric.inc(errors)
         elif inbox or d.ledger.outbound:
             d.borders(time.time())
         journal = d.take_journal()
@@ -170,12 +177,12 @@ class DistrictServer(Component):
                 self._restore_journal(journal)
                 return
             self._out_metric.inc(sum(len(b.entities) for b in journal.given))
-            self._in_metric.inc(sum(len(c) for c in journal.taken))
+            self._in_metric.inc(d.handoffs_in - handoffs_in)
         await self._announce()
         if self.announce:
             await self._announce_devices()
         if tick is not None:
-            await self._publish_tick(tick, started)
+            await self._publish_tick(tick, started, errors)
         elif changed:  # paused, yet owners changed: say so (drains and scales wait on it)
             await self._report(d.tick, started)
         self.stepped.set()
@@ -254,7 +261,7 @@ class DistrictServer(Component):
             ),
         )
 
-    async def _publish_tick(self, tick: Tick, started: float) -> None:
+    async def _publish_tick(self, tick: Tick, started: float, errors: int = 0) -> None:
         d = self.district
         rows = d.region_rows()
         snapshot_due = tick.tick % self.settings.district_snapshot_every == 0
@@ -265,7 +272,16 @@ class DistrictServer(Component):
             r = rows[region.id]
             updates, halo = self._publishers(region.id)
             meta = {"tick": tick.tick, "region": region.id, "sent": time.time()}
-            if len(r):
+            if not len(r):  # an empty region says so too: nobody is left there
+                await self.bus.publish_bytes(
+                    str(updates.topic),
+                    self.bus.encode(
+                        {"n": 0, "columns": {f: [] for f in UPDATE_FIELDS}, "meta": meta}
+                    ),
+                    int(updates.topic.spec.qos),
+                    False,
+                )
+            else:
                 updates.add_columns(
                     {
                         "id": [table.ids[i] for i in r.tolist()],
@@ -304,10 +320,15 @@ class DistrictServer(Component):
         for updates, halo in self.publishers.values():
             updates._flush_now()
             halo._flush_now()
-        await self._report(tick.tick, started, rows, tick.sent)
+        await self._report(tick.tick, started, rows, tick.sent, errors)
 
     async def _report(
-        self, tick: int, started: float, rows: dict[str, Any] | None = None, sent: float = 0.0
+        self,
+        tick: int,
+        started: float,
+        rows: dict[str, Any] | None = None,
+        sent: float = 0.0,
+        errors: int = 0,
     ) -> None:
         d = self.district
         table = d.table
@@ -328,6 +349,10 @@ class DistrictServer(Component):
             handoffs_in=d.handoffs_in,
             pending=len(d.ledger),
             tick_sent=sent,
+            errors=errors,
+            map_version=d.map.version if d.map is not None else 0,
+            in_flight=d.in_flight(),
+            draining={region: len(batches) for region, batches in d.draining.items()},
             headings={
                 name: [round(float(x), 4), round(float(y), 4)]
                 for name, (x, y) in zip(table.swarms, sums.tolist(), strict=True)
@@ -362,19 +387,32 @@ class DistrictServer(Component):
         number = tick.tick if isinstance(tick, Tick) else tick
         region = next(r for r in d.own if r.id == region_id)
         now = time.time()
-        snapshot = RegionSnapshot(
-            world=self.world,
-            region=region_id,
-            district=self.id,
-            bounds=region.bounds,
-            tick=number,
-            version=number,
-            synced=now,
-            entities=d.table.columns(rows),
-        )
-        await self.bus.publish(
-            self.topics["region.snapshot"].build(world=self.world, region=region_id), snapshot
-        )
+        chunk = SNAPSHOT_PART
+        rows = np.asarray(rows, dtype=np.intp)
+        parts = max(1, -(-len(rows) // chunk))
+        topic = self.topics["region.snapshot"]
+        for part in range(parts):
+            snapshot = RegionSnapshot(
+                world=self.world,
+                region=region_id,
+                district=self.id,
+                bounds=region.bounds,
+                tick=number,
+                version=number,
+                synced=now,
+                part=part,
+                parts=parts,
+                total=len(rows),
+                entities=d.table.columns(rows[part * chunk : (part + 1) * chunk]),
+            )
+            await self.bus.publish(
+                topic.build(world=self.world, region=region_id, part=str(part)), snapshot
+            )
+        for stale in range(parts, self.snapshot_parts.get(region_id, 0)):
+            await self.bus.clear_retained(
+                topic.build(world=self.world, region=region_id, part=str(stale))
+            )
+        self.snapshot_parts[region_id] = parts
         self.last_snapshot[region_id] = now
         if isinstance(tick, Tick):
             metrics.REGION_SYNC_LAG.labels(self.world, region_id).set(max(0.0, now - tick.sent))

@@ -27,6 +27,7 @@ __all__ = ["District", "Journal", "StepOutcome"]
 # Free entities (telemetry devices, hosted agents) are not stepped by a swarm behaviour.
 FREE = ""
 DESPAWNED_OV = 1 << 40  # tombstone version of a despawned entity: nothing brings it back
+HANDOFF_CHUNK = 400  # entities per offer: ~35 KiB, under the broker's packet limit
 
 
 @dataclass(slots=True)
@@ -75,15 +76,22 @@ class District:
         self.halo: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = {}
         self.handoffs_in = 0
         self.handoffs_out = 0
+        self.draining: dict[str, set[str]] = {}  # lost region -> its batches not yet accepted
 
     # -- the world around --------------------------------------------------------------------
     def set_map(self, region_map: RegionMap) -> bool:
         """Adopt a newer region map; False when it is not newer than the one we have."""
         if self.map is not None and region_map.version <= self.map.version:
             return False
+        before = {r.id for r in self.own}
         self.map = region_map
         self.index = RegionIndex(region_map.regions)
         self.own = [r for r in region_map.regions if r.district == self.id]
+        lost = before - {r.id for r in self.own}
+        if lost:  # hand the lost regions' entities over now; a drain waits for these batches
+            batches = {b.batch for b in self.borders(time.time())}
+            for region in lost:
+                self.draining[region] = set(batches)
         return True
 
     @property
@@ -148,7 +156,20 @@ class District:
         done = self.ledger.accepted(batch)
         if done is not None:
             self.journal.accepted.append(batch)
+        for region in list(self.draining):
+            self.draining[region].discard(batch)
+            if not self.draining[region]:
+                del self.draining[region]
         return done
+
+    def in_flight(self) -> dict[str, int]:
+        """Per swarm, members in the ledger (offered to a neighbour, not yet accepted)."""
+        counts: dict[str, int] = {}
+        for batch in self.ledger.outbound.values():
+            for swarm in batch.entities.swarm:
+                if swarm:
+                    counts[swarm] = counts.get(swarm, 0) + 1
+        return counts
 
     def take_journal(self) -> Journal:
         journal, self.journal = self.journal, Journal()
@@ -221,8 +242,9 @@ class District:
         given = []
         for target in sorted(set(targets.tolist())):
             picked = rows[targets == target]
-            entities = table.columns(picked)
-            given.append(self.ledger.give(str(target), entities, now))
+            for start in range(0, len(picked), HANDOFF_CHUNK):  # each offer fits one packet
+                entities = table.columns(picked[start : start + HANDOFF_CHUNK])
+                given.append(self.ledger.give(str(target), entities, now))
         table.remove(rows)
         self.journal.given.extend(given)
         self.handoffs_out += sum(len(b.entities) for b in given)

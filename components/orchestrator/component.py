@@ -286,9 +286,9 @@ class Orchestrator(Component):
             report = self.reports.get(source)
             if (
                 report is not None
+                and report.map_version >= version
                 and region not in report.regions
-                and report.pending == 0
-                and self._region(region)["district"] != source
+                and not report.draining.get(region, 0)
             ):
                 break
             await asyncio.sleep(0.05)

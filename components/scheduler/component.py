@@ -386,16 +386,20 @@ class AgentScheduler(Component):
         if not self.steers:
             return
         steers, self.steers = self.steers, defaultdict(list)
-        for district, rows in steers.items():
-            n = len(rows)
-            entities = EntityColumns(
-                id=[r[0] for r in rows], x=[0.0] * n, y=[0.0] * n,
-                vx=[r[1] for r in rows], vy=[r[2] for r in rows], swarm=[""] * n,
-            )  # fmt: skip
-            await self.bus.publish(
-                self.topics["world.control"].build(world=self.world, district=district),
-                DistrictControl(op="steer", entities=entities),
-            )
+        for district, all_rows in steers.items():
+            for start in range(0, len(all_rows), 500):  # each order fits one packet
+                await self._steer_batch(district, all_rows[start : start + 500])
+
+    async def _steer_batch(self, district: str, rows: list[tuple[str, float, float]]) -> None:
+        n = len(rows)
+        entities = EntityColumns(
+            id=[r[0] for r in rows], x=[0.0] * n, y=[0.0] * n,
+            vx=[r[1] for r in rows], vy=[r[2] for r in rows], swarm=[""] * n,
+        )  # fmt: skip
+        await self.bus.publish(
+            self.topics["world.control"].build(world=self.world, district=district),
+            DistrictControl(op="steer", entities=entities),
+        )
 
     def describe_agents(self) -> list[dict[str, Any]]:
         return [

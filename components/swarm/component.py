@@ -164,7 +164,14 @@ class SwarmCoordinator(Component):
         }
 
     def count(self, name: str) -> int:
-        return sum(self.by_district(name).values())
+        """Members the districts hold, including those in flight between two of them (so a
+        member can be counted twice for the moment its new owner has it and the old one has
+        not heard so yet; never more than `in_flight`)."""
+        return sum(self.by_district(name).values()) + self.in_flight(name)
+
+    def in_flight(self, name: str) -> int:
+        spec = self.specs[name]
+        return sum(r.in_flight.get(name, 0) for r in self.reports.get(spec.world, {}).values())
 
     def status(self, name: str) -> SwarmStatus:
         spec = self.specs[name]
@@ -189,7 +196,7 @@ class SwarmCoordinator(Component):
             if reports[d].tick_sent
         ]
         state = "scaling" if name in self.scales else ("paused" if spec.paused else "running")
-        agents = sum(districts.values())
+        agents = self.count(name)
         return SwarmStatus(
             name=name,
             behaviour=spec.behaviour,
@@ -373,11 +380,11 @@ class SwarmCoordinator(Component):
             elif expected > target:
                 await self._despawn(spec, expected - target)
                 last_order = now
-            elif current != target and now - last_order > 1.0:
+            elif abs(current - target) > self.in_flight(name) and now - last_order > 1.0:
                 self.removed[name] = self.spawned.get(name, 0) - current  # re-read, act again
                 last_order = now
                 continue
-            done = current == target
+            done = expected == target and abs(current - target) <= self.in_flight(name)
             if done or now - last_publish > 0.1:
                 last_publish = now
                 await self.bus.publish(

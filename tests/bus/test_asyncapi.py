@@ -221,7 +221,7 @@ def test_every_topic_has_its_channel_operations_and_bindings(
 
 def test_self_bound_roles_are_spelled_out(doc: dict[str, Any]) -> None:
     send = doc["operations"]["agent.act.send"]
-    assert send["x-mapleverse-roles"] == ["agent:self"]
+    assert send["x-mapleverse-roles"] == ["agent:self", "component"]
     assert "`{agent}` is its own username" in send["description"]
     param = doc["channels"]["agent.telemetry"]["parameters"]["agent"]["description"]
     assert "`agent:self`, `device:self`" in param

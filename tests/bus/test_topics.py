@@ -278,7 +278,7 @@ def test_agent_acl_is_its_own_topics_and_the_health_summary(tree: TopicTree) -> 
         "mv/world/+/snapshot",
         "mv/world/+/regions",
         "mv/world/+/region/+/updates",
-        "mv/world/+/region/+/snapshot",
+        "mv/world/+/region/+/snapshot/+",
         "mv/world/+/city/+/+/+",
         "mv/swarm/+/status",
     }
