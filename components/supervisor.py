@@ -31,6 +31,17 @@ __all__ = ["Child", "Supervisor", "read_credentials", "run_up", "users_command"]
 
 READY_RE = re.compile(r"listening tcp=(?P<host>[^\s:]+):(?P<port>\d+)(?: ws=\S+:(?P<ws>\d+))?")
 BACKOFF_MIN, BACKOFF_MAX, STABLE_AFTER = 1.0, 30.0, 60.0
+# The default world of `make run`: a small city of four districts on two servers, a flock of
+# drones and a few hosted agents. Any of these set in the environment wins.
+DEFAULT_WORLD = {
+    "MAPLEVERSE_WORLD_RATE": "20",
+    "MAPLEVERSE_WORLD_LAYOUT": "2x2",
+    "MAPLEVERSE_WORLD_BOUNDS": "0,0,400,400",
+    "MAPLEVERSE_WORLD_DISTRICTS": "d1,d2",
+    "MAPLEVERSE_WORLD_REGION_NAMES": "harbour,old-town,market,uptown",
+    "MAPLEVERSE_SWARM_INITIAL": "drones:flocking:300",
+    "MAPLEVERSE_SCHEDULER_HOSTED": "wanderer:3,greeter:2",
+}
 # Settings `up` gives each child itself; the user's other MAPLEVERSE_* variables pass through.
 _PER_CHILD = frozenset(
     f"MAPLEVERSE_{name}"
@@ -159,6 +170,8 @@ class Supervisor:
         env.setdefault(
             "MAPLEVERSE_STORE_URL", f"sqlite+aiosqlite:///{self.state_dir.resolve()}/mapleverse.db"
         )
+        for key, value in DEFAULT_WORLD.items():
+            env.setdefault(key, value)
         env.update(extra)
         return env
 
@@ -228,7 +241,11 @@ class Supervisor:
             f"  (in {self.state_dir / 'credentials.json'})\n"
             f"  watch      mosquitto_sub -h {self.host} -p {port} -u {op['username']} "
             f"-i {op['username']} -P '{op['password']}' -v -t '{self.root}/sys/#'\n"
-            "  status     .venv/bin/mapleverse status --watch\n"
+            f"  world      mosquitto_sub -h {self.host} -p {port} -u {op['username']} "
+            f"-i {op['username']} -P '{op['password']}' -v -t '{self.root}/world/+/snapshot' "
+            f"-t '{self.root}/swarm/+/status'   (one of the two at a time: a login is a client id)\n"
+            "  status     .venv/bin/mapleverse status --watch   "
+            ".venv/bin/mapleverse world status   .venv/bin/mapleverse swarm list\n"
             "  stop       Ctrl-C\n",
             flush=True,
         )

@@ -45,6 +45,16 @@ from world.payloads import (
 __all__ = ["SwarmCoordinator", "SwarmError"]
 
 
+# Parameters a swarm gets when it is created without any: sized for a world of hundreds of
+# units at tens of ticks per second (Mesa's flocking defaults move one unit per second).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "flocking": {"speed": 12.0, "vision": 25.0, "separation": 4.0},
+    "drift": {"speed": 5.0},
+    "formation": {"shape": "circle", "spacing": 4.0, "max_speed": 8.0},
+    "tasks": {"policy": "nearest", "max_speed": 8.0},
+}
+
+
 class SwarmError(ValueError):
     """A swarm request that cannot be done (unknown swarm, bad size, ...)."""
 
@@ -97,6 +107,7 @@ class SwarmCoordinator(Component):
                     tg.create_task(self._watch(sub), name="swarm-watch")
                 tg.create_task(self._serve(requests), name="swarm-rpc")
                 tg.create_task(self._status_loop(), name="swarm-status")
+                tg.create_task(self._initial(), name="swarm-initial")
         finally:
             for task in self.scales.values():
                 task.cancel()
@@ -127,6 +138,19 @@ class SwarmCoordinator(Component):
             )
         except StoreError as exc:
             self.log.error("swarm %s not persisted: %s", spec.name, exc)
+
+    async def _initial(self) -> None:
+        """Create the swarms of `swarm_initial` that do not exist yet, once the world is up."""
+        wanted = [item.split(":") for item in filter(None, self.settings.swarm_initial.split(","))]
+        while wanted and self.settings.world not in self.maps:
+            await asyncio.sleep(0.1)
+        for name, behaviour, size in wanted:
+            if name not in self.specs:
+                try:
+                    await self.create({"name": name, "behaviour": behaviour, "size": int(size)})
+                    self.log.info("created swarm %s (%s, %s members)", name, behaviour, size)
+                except (SwarmError, ValueError) as exc:
+                    self.log.error("MAPLEVERSE_SWARM_INITIAL: swarm %s: %s", name, exc)
 
     async def _publish_spec(self, spec: SwarmSpec) -> None:
         await self.bus.publish(self.topics["swarm.config"].build(swarm=spec.name), spec)
@@ -301,7 +325,7 @@ class SwarmCoordinator(Component):
             name=name,
             world=world,
             behaviour=behaviour,
-            params=dict(args.get("params") or {}),
+            params=dict(args.get("params") or DEFAULT_PARAMS.get(behaviour, {})),
             bounds=bounds_model,
             size=0,
             max_size=int(args.get("max_size", 100_000)),

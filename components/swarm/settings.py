@@ -19,6 +19,11 @@ class SwarmSettings(WorldSettings):
     swarm_status_interval: float = Field(
         default=1.0, gt=0, description="seconds between retained swarm status updates"
     )
+    swarm_initial: str = Field(
+        default="",
+        pattern=r"^([a-z0-9_-]+:[a-z0-9_-]+:\d+(,[a-z0-9_-]+:[a-z0-9_-]+:\d+)*)?$",
+        description="swarms to create on first start, NAME:BEHAVIOUR:SIZE comma-separated",
+    )
     swarm_scale_timeout: float = Field(
         default=120.0, gt=0, description="seconds a scale may take before it is reported failed"
     )

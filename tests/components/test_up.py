@@ -159,3 +159,50 @@ async def test_users_add_gives_an_agent_a_working_login(
                     break
             except ConnectionFailed:
                 await asyncio.sleep(0.05)
+
+
+def _cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "components", "--state-dir", str(tmp_path / "state"), *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")},
+    )  # fmt: skip
+
+
+async def test_the_default_world_is_a_live_city_with_drones_and_hosted_agents(
+    up: tuple[subprocess.Popen[str], dict[str, object], list[str]], tmp_path: Path
+) -> None:
+    _proc, creds, lines = up
+    assert any("world      mosquitto_sub" in line for line in lines)
+    async with Bus(_operator(creds)) as bus:
+        t = bus.topics
+        snapshots = await bus.subscribe(t["world.snapshot"].build(world="main"))
+        snap = await _until(snapshots, lambda s: s.tick > 5 and s.entities >= 300, timeout=40)
+        assert {r.id for r in snap.regions} == {"harbour", "old-town", "market", "uptown"}
+        assert {r.district for r in snap.regions} == {"d1", "d2"}
+        drones = await bus.subscribe(t["swarm.status"].build(swarm="drones"))
+        status = await _until(drones, lambda s: s.agents >= 300, timeout=40)
+        assert status.behaviour == "flocking" and status.state == "running"
+        acts = await bus.subscribe(t["agent.act"].build(agent="+"))
+        act = await acts.get(timeout=20)
+        assert act.params["agent"].startswith(("wanderer-", "greeter-"))
+        updates = await bus.subscribe(t["region.updates"].build(world="main", region="harbour"))
+        batch = await updates.get(timeout=10)
+        assert "drones" in batch.payload.columns["swarm"] or batch.payload.n == 0
+    # the operations, as a newcomer types them
+    listing = await asyncio.to_thread(_cli, tmp_path, "swarm", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^drones\s+flocking\s+\w+\s+3\d\d\s", listing.stdout, re.M), listing.stdout
+    grow = await asyncio.to_thread(_cli, tmp_path, "swarm", "scale", "drones", "500")
+    assert grow.returncode == 0, grow.stderr
+    assert "500/500 100.0%" in grow.stdout, grow.stdout
+    world = await asyncio.to_thread(_cli, tmp_path, "world", "status")
+    assert world.returncode == 0 and "harbour" in world.stdout and "tick" in world.stdout
+    unknown = await asyncio.to_thread(_cli, tmp_path, "swarm", "status", "nope")
+    assert unknown.returncode == 1 and "unknown swarm 'nope'" in unknown.stderr
+    nowhere = await asyncio.to_thread(_cli, tmp_path, "region", "show", "atlantis")
+    assert nowhere.returncode == 1 and "unknown region 'atlantis'" in nowhere.stderr
+    paused = await asyncio.to_thread(_cli, tmp_path, "world", "pause")
+    assert paused.returncode == 0 and "paused at tick" in paused.stdout
+    rate = await asyncio.to_thread(_cli, tmp_path, "world", "tick-rate", "--set", "10")
+    assert rate.returncode == 0 and "10/s" in rate.stdout

@@ -272,7 +272,10 @@ async def test_device_telemetry_becomes_an_entity_and_bad_telemetry_goes_to_the_
         def seen_at(x_min: float) -> Any:
             def check(m: Any) -> bool:
                 cols = m.payload.columns
-                return any(i == "drone-7" and x >= x_min for i, x in zip(cols["id"], cols["x"], strict=True))
+                return any(
+                    i == "drone-7" and x >= x_min
+                    for i, x in zip(cols["id"], cols["x"], strict=True)
+                )
 
             return check
 
