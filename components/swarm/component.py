@@ -143,7 +143,7 @@ class SwarmCoordinator(Component):
         """Create the swarms of `swarm_initial` that do not exist yet, once the world is up."""
         wanted = [item.split(":") for item in filter(None, self.settings.swarm_initial.split(","))]
         while wanted and self.settings.world not in self.maps:
-            await asyncio.sleep(0.1)
+            await self.reported.wait()  # set by every batch of world messages
         for name, behaviour, size in wanted:
             if name not in self.specs:
                 try:
