@@ -9,125 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import next_matching
+from worlds import TIMEOUT, World, small_world, snapshot_where
 
-from bus import Bus, BusSettings, MemoryBroker
-from bus.payloads import Action, AgentState, Observation, RpcRequest
-from components.district import DistrictServer, DistrictSettings
-from components.orchestrator import Orchestrator, OrchestratorSettings
-from components.runtime import Component
-from components.scheduler import AgentScheduler, SchedulerSettings
-from components.swarm import SwarmCoordinator, SwarmSettings
-from world.payloads import WorldSnapshot
-
-TIMEOUT = 10.0
-
-
-@dataclass
-class World:
-    root: str
-    broker: MemoryBroker
-    operator: Bus
-    components: dict[str, Component]
-    tasks: dict[str, asyncio.Task[None]]
-    common: dict[str, Any]
-
-    async def call(self, service: str, method: str, **args: Any) -> Any:
-        topic = self.operator.topics["rpc.request"].build(service=service, method=method)
-        reply = await self.operator.request(topic, RpcRequest(args=args), timeout=TIMEOUT)
-        return reply.payload
-
-    async def start(self, name: str, component: Component) -> None:
-        self.components[name] = component
-        task = asyncio.create_task(component.run(), name=f"test-{name}")
-        ready = asyncio.create_task(component.ready.wait())
-        done, _ = await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-        if ready not in done:
-            ready.cancel()
-            task.cancel()
-            raise AssertionError(f"{name} did not become ready: {done}")
-        self.tasks[name] = task
-
-    async def stop(self, name: str) -> None:
-        self.components.pop(name).stop()
-        await asyncio.wait_for(self.tasks.pop(name), TIMEOUT)
-
-    def district(self, district_id: str) -> DistrictServer:
-        return DistrictServer(
-            DistrictSettings(id=district_id, district_halo=20.0, **self.common),
-            transport=self.broker.transport(),
-        )
+from bus import Bus, BusSettings
+from bus.payloads import Action, AgentState, Observation
 
 
 @pytest.fixture
 async def world(root: str, tmp_path: Path) -> AsyncIterator[World]:
-    broker = MemoryBroker()
-    common: dict[str, Any] = {
-        "root": root,
-        "reconnect_min": 0.01,
-        "reconnect_max": 0.05,
-        "heartbeat_interval": 0.5,
-        "store_url": f"sqlite+aiosqlite:///{tmp_path}/world.db",
-    }
-    operator = Bus(
-        BusSettings(
-            client_id=f"{root}-op",
-            **{k: common[k] for k in ("root", "reconnect_min", "reconnect_max")},
-        ),
-        transport=broker.transport(),
-    )
-    async with operator:
-        w = World(root, broker, operator, {}, {}, common)
-        await w.start(
-            "orchestrator",
-            Orchestrator(
-                OrchestratorSettings(
-                    world_rate=50,
-                    world_layout="2x1",
-                    world_bounds="0,0,200,100",
-                    world_districts="d1,d2",
-                    world_snapshot_interval=0.1,
-                    **common,
-                ),
-                transport=broker.transport(),
-            ),
-        )
-        await w.start("d1", w.district("d1"))
-        await w.start("d2", w.district("d2"))
-        await w.start(
-            "swarm",
-            SwarmCoordinator(SwarmSettings(**common), transport=broker.transport()),
-        )
-        await w.start(
-            "scheduler",
-            AgentScheduler(
-                SchedulerSettings(
-                    scheduler_cadence=5,
-                    scheduler_deadline=0.4,
-                    scheduler_hosted="wanderer:2",
-                    **common,
-                ),
-                transport=broker.transport(),
-            ),
-        )
+    async with small_world(root, f"sqlite+aiosqlite:///{tmp_path}/world.db") as w:
         yield w
-        for name in list(w.components):
-            await w.stop(name)
-
-
-async def snapshot_where(world: World, predicate: Any) -> WorldSnapshot:
-    op = world.operator
-    sub = await op.subscribe(op.topics["world.snapshot"].build(world="main"))
-    try:
-        msg = await next_matching(sub, lambda m: predicate(m.payload), TIMEOUT)
-    finally:
-        await sub.close()
-    return msg.payload
 
 
 async def test_a_created_swarm_reaches_its_size_across_both_districts(world: World) -> None:
