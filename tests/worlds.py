@@ -66,7 +66,12 @@ class World:
 
 @asynccontextmanager
 async def small_world(
-    root: str, store_url: str, *, scheduler: bool = True, broker: MemoryBroker | None = None
+    root: str,
+    store_url: str,
+    *,
+    scheduler: bool = True,
+    broker: MemoryBroker | None = None,
+    **settings: Any,
 ) -> AsyncIterator[World]:
     """The world running until the block ends; then every component stops cleanly."""
     broker = broker or MemoryBroker()
@@ -76,6 +81,7 @@ async def small_world(
         "reconnect_max": 0.05,
         "heartbeat_interval": 0.5,
         "store_url": store_url,
+        **settings,
     }
     operator = Bus(
         BusSettings(

@@ -25,7 +25,8 @@ _TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1, 0
 SWARM_AGENT_COUNT = Gauge("mapleverse_swarm_agent_count", "Members of a swarm", ["swarm"])
 TICK_DURATION = Histogram(
     "mapleverse_tick_duration_seconds",
-    "Seconds a tick took: the district's step, or the orchestrator's whole tick",
+    "Seconds a tick took: a district's step (component=district), or the whole tick from its "
+    "start to the next one (component=orchestrator)",
     ["world", "component"],
     buckets=_TICK_BUCKETS,
 )

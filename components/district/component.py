@@ -34,7 +34,6 @@ from components.district.store import DistrictStore
 from components.runtime.component import Component
 from store import StoreError, StoreSettings, open_store
 from world import metrics
-from world.behaviours import default_registry
 from world.city import building_key, city_layout
 from world.geometry import halo_regions
 from world.payloads import (
@@ -48,6 +47,7 @@ from world.payloads import (
     SwarmSpec,
     Tick,
 )
+from world.plugins import load_registry
 
 __all__ = ["DistrictServer"]
 
@@ -65,7 +65,7 @@ class DistrictServer(Component):
     def __init__(self, settings: DistrictSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self.world = settings.world
-        self.district = District(self.id, default_registry())
+        self.district = District(self.id, load_registry(settings.behaviour_plugins))
         self.store: DistrictStore | None = None
         self.inbox: list[tuple[str, Any]] = []
         self.wake = asyncio.Event()
@@ -516,8 +516,18 @@ class DistrictServer(Component):
     async def _adopt_buildings(self) -> None:
         """Publish (retained) the buildings of the regions we now own, with their claims."""
         own = {r.id: r for r in self.district.own}
+        mapped = {r.id for r in self.district.map.regions} if self.district.map else set()
         for key in [k for k, b in self.buildings.items() if b.district not in own]:
-            del self.buildings[key]
+            building = self.buildings.pop(key)
+            if building.district not in mapped:  # the region was split or merged away
+                await self.bus.clear_retained(
+                    self.topics["city.building"].build(
+                        world=self.world,
+                        district=building.district,
+                        neighbourhood=building.neighbourhood,
+                        building=building.building,
+                    )
+                )
         fresh = [
             b for r in own.values() for b in city_layout(r) if building_key(b) not in self.buildings
         ]

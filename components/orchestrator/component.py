@@ -30,6 +30,8 @@ from world.payloads import Bounds, RegionMap, StepReport, Tick, WorldSnapshot
 
 __all__ = ["Orchestrator"]
 
+STALE_SNAPSHOT_PARTS = 64  # parts of a vanished region's snapshot cleared (32,000 entities)
+
 
 class Orchestrator(Component):
     kind: ClassVar[str] = "orchestrator"
@@ -54,6 +56,7 @@ class Orchestrator(Component):
         self._tick_metric = metrics.TICK_DURATION.labels(self.world, "orchestrator")
         self._dilation_metric = metrics.DILATION.labels(self.world)
         self._rate_metric = metrics.TICK_RATE.labels(self.world)
+        self._tick_started: float | None = None
 
     def _initial_map(self) -> RegionMap:
         s = self.settings
@@ -133,7 +136,9 @@ class Orchestrator(Component):
                     await asyncio.wait_for(wake.wait(), max(0.0, delay))
                 wake.clear()
                 continue
-            started = time.perf_counter()
+            if self._tick_started is not None:  # the whole previous tick: send to all reports
+                self._tick_metric.observe(now - self._tick_started)
+            self._tick_started = now
             number = clock.start_tick(now, self.districts())
             await self.bus.publish(
                 self.clock_topic,
@@ -146,7 +151,6 @@ class Orchestrator(Component):
                     dilation=clock.dilation,
                 ),
             )
-            self._tick_metric.observe(time.perf_counter() - started)
             self._dilation_metric.set(clock.dilation)
             self._rate_metric.set(clock.achieved)
 
@@ -199,8 +203,15 @@ class Orchestrator(Component):
         )
 
     async def _set_map(self, region_map: RegionMap) -> None:
+        gone = {r.id for r in self.map.regions} - {r.id for r in region_map.regions}
         self.map = region_map
         await self.bus.publish(self.map_topic, region_map)
+        snapshot = self.topics["region.snapshot"]
+        for region in sorted(gone):  # a split or merged region's retained snapshot is history
+            for part in range(STALE_SNAPSHOT_PARTS):
+                await self.bus.clear_retained(
+                    snapshot.build(world=self.world, region=region, part=str(part))
+                )
         await self._persist()
         self.changed.set()
 

@@ -42,3 +42,7 @@ class WorldSettings(ComponentSettings):
         default="sqlite+aiosqlite:///.mapleverse/mapleverse.db",
         description="sqlite+aiosqlite:///PATH or postgresql+psycopg://USER:PASS@HOST/DB",
     )
+    behaviour_plugins: str = Field(
+        default="",
+        description="custom behaviours: module:function entries, comma-separated (world/plugins)",
+    )

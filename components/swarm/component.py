@@ -30,7 +30,6 @@ from components.swarm.scaling import coupling, despawn_plan, spawn_plan
 from components.swarm.settings import SwarmSettings
 from store import Store, StoreError, StoreSettings, open_store
 from world import metrics
-from world.behaviours import default_registry
 from world.payloads import (
     Bounds,
     DistrictControl,
@@ -41,6 +40,7 @@ from world.payloads import (
     SwarmStatus,
     WorldSnapshot,
 )
+from world.plugins import load_registry
 
 __all__ = ["SwarmCoordinator", "SwarmError"]
 
@@ -77,7 +77,7 @@ class SwarmCoordinator(Component):
         self.scales: dict[str, asyncio.Task[None]] = {}
         self.scaling: dict[str, ScaleProgress] = {}
         self.reported = asyncio.Event()
-        self.behaviours = set(default_registry().ids())
+        self.behaviours = set(load_registry(settings.behaviour_plugins).ids())
         self.db: Store | None = None
         self._requests = itertools.count(1)
         self.rpc_topic = self.topics["rpc.request"].build(service="swarm")

@@ -16,6 +16,8 @@ import pytest
 from helpers import next_matching
 from worlds import TIMEOUT, World, small_world, snapshot_where
 
+EXAMPLES = str(Path(__file__).resolve().parents[2] / "docs" / "examples")
+
 from bus import Bus, BusSettings
 from bus.payloads import Action, AgentState, Observation
 
@@ -197,3 +199,40 @@ async def test_device_telemetry_becomes_an_entity_and_bad_telemetry_goes_to_the_
         assert state.status == "device" and state.data["district"] == "d2"
     finally:
         await drone.close()
+
+
+async def test_a_swarm_flies_a_custom_behaviour_from_a_plugin(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(EXAMPLES)
+    url = f"sqlite+aiosqlite:///{tmp_path}/world.db"
+    plugins = "behaviour_plugin:register"
+    async with small_world(root, url, scheduler=False, behaviour_plugins=plugins) as world:
+        reply = await world.call(
+            "swarm", "create", name="moths", behaviour="orbit", size=50,
+            bounds=[60, 20, 140, 80], params={"center": [100, 50], "speed": 20},
+        )  # fmt: skip
+        assert reply.ok, reply.error
+        op = world.operator
+        sub = await op.subscribe(op.topics["region.updates"].build(world="main", region="+"))
+
+        def radii(m: Any) -> list[float]:
+            cols = m.payload.columns
+            return [
+                ((x - 100) ** 2 + (y - 50) ** 2) ** 0.5
+                for x, y, s in zip(cols["x"], cols["y"], cols["swarm"], strict=True)
+                if s == "moths"
+            ]
+
+        first = await next_matching(sub, lambda m: len(radii(m)) > 5, TIMEOUT)
+        cols = first.payload.columns
+        speeds = [
+            (vx**2 + vy**2) ** 0.5
+            for vx, vy, s in zip(cols["vx"], cols["vy"], cols["swarm"], strict=True)
+            if s == "moths"
+        ]
+        assert all(abs(v - 20) < 0.01 for v in speeds), speeds  # they orbit at the set speed
+    bad = small_world(root, url, scheduler=False, behaviour_plugins="nowhere:register")
+    with pytest.raises(Exception, match="MAPLEVERSE_BEHAVIOUR_PLUGINS: 'nowhere:register'"):
+        async with bad:
+            pass
