@@ -16,10 +16,10 @@ import pytest
 from helpers import next_matching
 from worlds import TIMEOUT, World, small_world, snapshot_where
 
-EXAMPLES = str(Path(__file__).resolve().parents[2] / "docs" / "examples")
-
 from bus import Bus, BusSettings
 from bus.payloads import Action, AgentState, Observation
+
+EXAMPLES = str(Path(__file__).resolve().parents[2] / "docs" / "examples")
 
 
 @pytest.fixture
