@@ -112,6 +112,11 @@ class Store:
         async with self.session() as session:
             return await models.read(session, stream, from_index, limit)
 
+    async def compact(self, stream: str, before: int) -> int:
+        """Drop entries of `stream` below index `before` (kept in a snapshot); how many."""
+        async with self.session() as session:
+            return await models.compact(session, stream, before)
+
     async def last_index(self, stream: str) -> int:
         """The last index of `stream` (0 when empty)."""
         async with self.session() as session:

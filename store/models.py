@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    delete,
     func,
     insert,
     select,
@@ -274,3 +275,12 @@ async def read(
         query = query.limit(limit)
     rows = await session.scalars(query)
     return [LogEntry(r.stream, r.index, r.term, r.payload) for r in rows]
+
+
+async def compact(session: AsyncSession, stream: str, before: int) -> int:
+    """Drop the entries of `stream` with index < `before` (their effect is in a snapshot);
+    returns how many. The entry at `before` and later stay, so indexes keep growing."""
+    result = await session.execute(
+        delete(LogEntryRow).where(LogEntryRow.stream == stream, LogEntryRow.index < before)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -42,6 +42,10 @@ class DistrictStore:
         self.last_index = await self.store.append(self.stream, 0, journal.dump())
 
     async def snapshot(self, district: District) -> None:
+        """Persist the whole state; the journal entries it covers are dropped (the last one
+        stays, so the journal's indexes keep growing)."""
         state = district.dump()
         state["journal"] = self.last_index
         await self.store.put_snapshot("district", self.owner, "state", state)
+        if self.last_index > 1:
+            await self.store.compact(self.stream, self.last_index)

@@ -236,3 +236,26 @@ async def test_a_swarm_flies_a_custom_behaviour_from_a_plugin(
     with pytest.raises(Exception, match="MAPLEVERSE_BEHAVIOUR_PLUGINS: 'nowhere:register'"):
         async with bad:
             pass
+
+
+async def test_the_world_metrics_are_exported_with_the_seed_names(world: World) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    assert (await world.call("swarm", "create", name="gauged", behaviour="drift", size=120)).ok
+    op = world.operator
+    status = await op.subscribe(op.topics["swarm.status"].build(swarm="gauged"))
+    await next_matching(status, lambda m: m.payload.agents == 120, TIMEOUT)
+    await next_matching(status, lambda m: True, TIMEOUT)  # one more round: the gauge is set
+    text = generate_latest(REGISTRY).decode()
+    assert 'mapleverse_swarm_agent_count{swarm="gauged"} 120.0' in text
+    for name in (
+        'mapleverse_tick_duration_seconds_count{component="district",world="main"}',
+        'mapleverse_tick_duration_seconds_count{component="orchestrator",world="main"}',
+        "mapleverse_region_sync_lag_seconds{",
+        "mapleverse_behavior_execution_errors_total{",
+        'mapleverse_handoffs_total{direction="out"',
+        'mapleverse_time_dilation{world="main"}',
+        'mapleverse_agents_per_district{district="d1",world="main"}',
+        "mapleverse_handoff_latency_seconds_bucket{",
+    ):
+        assert name in text, f"{name} missing from /metrics"

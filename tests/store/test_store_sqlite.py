@@ -160,6 +160,20 @@ class StoreContract:
         assert [s.payload["i"] for s in every] == [1, 2, 3]
         assert [(s.owner_id, s.key) for s in one] == [("r1", "a"), ("r1", "z")]
 
+    async def test_compacting_drops_old_entries_and_indexes_keep_growing(self, db_url: str) -> None:
+        db = await _open(db_url)
+        try:
+            for i in range(1, 6):
+                await db.append("journal", 0, {"i": i})
+            await db.append("other", 0, {"i": 0})
+            dropped = await db.compact("journal", 5)
+            left = [e.index for e in await db.read("journal")]
+            after = await db.append("journal", 0, {"i": 6})
+            other = [e.index for e in await db.read("other")]
+        finally:
+            await db.close()
+        assert dropped == 4 and left == [5] and after == 6 and other == [1]
+
     async def test_log_appends_in_order_per_stream(self, db_url: str) -> None:
         db = await _open(db_url)
         try:
