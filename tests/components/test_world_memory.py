@@ -259,3 +259,25 @@ async def test_the_world_metrics_are_exported_with_the_seed_names(world: World) 
         "mapleverse_handoff_latency_seconds_bucket{",
     ):
         assert name in text, f"{name} missing from /metrics"
+
+
+async def test_a_crowded_region_splits_and_its_half_moves_to_the_idle_server(
+    root: str, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/world.db"
+    async with small_world(root, url, scheduler=False, world_split_above=250) as world:
+        reply = await world.call(
+            "swarm", "create", name="crowd", behaviour="hold", size=400, bounds=[0, 0, 100, 100]
+        )
+        assert reply.ok, reply.error
+        snap = await snapshot_where(
+            world, lambda s: any(r.parent == "r0-0" for r in s.regions) and s.entities == 400
+        )
+        halves = [r for r in snap.regions if r.parent == "r0-0"]
+        assert {r.district for r in halves} == {"d1", "d2"}  # d2 was idle: it takes a half
+        assert "r0-0" not in {r.id for r in snap.regions}
+        # nothing lost on the way: every member is counted, some now on d2
+        settled = await snapshot_where(
+            world, lambda s: s.entities == 400 and s.districts.get("d2", 0) > 0
+        )
+        assert all(r.entities <= 250 for r in settled.regions), settled.regions
