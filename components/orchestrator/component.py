@@ -17,8 +17,7 @@ import contextlib
 import time
 from typing import Any, ClassVar
 
-from bus import Bus, Message
-from bus.payloads import RpcReply, RpcRequest
+from bus import Bus
 from components.orchestrator.clock import Clock
 from components.orchestrator.regions import RegionError, drain, rebalance
 from components.orchestrator.settings import OrchestratorSettings
@@ -84,7 +83,7 @@ class Orchestrator(Component):
             self.serving()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._reports(reports), name="orchestrator-reports")
-                tg.create_task(self._requests(requests), name="orchestrator-rpc")
+                tg.create_task(self.answer_requests(requests, self.handle), name="orchestrator-rpc")
                 tg.create_task(self._snapshots(), name="orchestrator-snapshots")
                 tg.create_task(self._ticks(), name="orchestrator-clock")
         finally:
@@ -231,22 +230,6 @@ class Orchestrator(Component):
             await self._set_map(moved)
 
     # -- the control service ---------------------------------------------------------------------
-    async def _requests(self, sub: Any) -> None:
-        async for msg in sub:
-            asyncio.get_running_loop().create_task(self._answer(msg))
-
-    async def _answer(self, msg: Message[Any]) -> None:
-        request = msg.payload
-        if not isinstance(request, RpcRequest) or not msg.envelope.reply:
-            return
-        method = msg.params["method"]
-        try:
-            result = await self.handle(method, request.args)
-            reply = RpcReply(ok=True, result=result)
-        except (RegionError, ValueError, KeyError, TypeError) as exc:
-            reply = RpcReply(ok=False, error=str(exc.args[0]) if exc.args else str(exc))
-        await self.bus.reply(msg, reply)
-
     async def handle(self, method: str, args: dict[str, Any]) -> Any:
         clock = self.clock
         if method == "pause":

@@ -20,10 +20,13 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal
 
-from bus import Bus, BusError, Message
-from bus.payloads import Command, Heartbeat, Status
+from pydantic import ValidationError
+
+from bus import Bus, BusError, Message, Subscription
+from bus.payloads import Command, Heartbeat, RpcReply, RpcRequest, Status
 from bus.topics import Topic, TopicTree
 from bus.transport.base import Transport
 from components.runtime.metrics_http import MetricsServer
@@ -105,6 +108,43 @@ class Component:
 
     async def drain(self) -> None:
         """Hand work over before stopping (the `drain` command). Default: nothing."""
+
+    # -- services -------------------------------------------------------------------------------
+    async def answer_requests(
+        self, sub: Subscription, handle: Callable[[str, dict[str, Any]], Awaitable[Any]]
+    ) -> None:
+        """Answer every request on `sub` (an `rpc.request` subscription), each in a task of its
+        own: the reply carries `await handle(method, args)`, or, when it raises ValueError
+        (pydantic's ValidationError included), KeyError or TypeError, an error naming what was
+        wrong. Anything else is logged and answered as an internal error."""
+        tasks: set[asyncio.Task[None]] = set()
+        async for msg in sub:
+            task = asyncio.get_running_loop().create_task(self._answer(msg, handle))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def _answer(
+        self, msg: Message[Any], handle: Callable[[str, dict[str, Any]], Awaitable[Any]]
+    ) -> None:
+        request = msg.payload
+        if not isinstance(request, RpcRequest) or not msg.envelope.reply:
+            return
+        try:
+            reply = RpcReply(ok=True, result=await handle(msg.params["method"], request.args))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+            )
+            reply = RpcReply(ok=False, error=f"invalid request: {problems}")
+        except KeyError as exc:
+            reply = RpcReply(ok=False, error=str(exc.args[0]) if exc.args else "missing key")
+        except (ValueError, TypeError) as exc:
+            reply = RpcReply(ok=False, error=str(exc))
+        except Exception as exc:  # a bug of ours: the caller still gets an answer
+            self.log.exception("request %s failed", msg.topic)
+            reply = RpcReply(ok=False, error=f"internal error: {type(exc).__name__}")
+        with contextlib.suppress(BusError):
+            await self.bus.reply(msg, reply)
 
     # -- health ---------------------------------------------------------------------------------
     async def _publish_birth(self) -> None:

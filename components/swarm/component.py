@@ -21,10 +21,7 @@ import itertools
 import time
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
-
-from bus import Bus, Message
-from bus.payloads import RpcReply, RpcRequest
+from bus import Bus
 from components.runtime.component import Component
 from components.swarm.scaling import coupling, despawn_plan, spawn_plan
 from components.swarm.settings import SwarmSettings
@@ -105,7 +102,7 @@ class SwarmCoordinator(Component):
             async with asyncio.TaskGroup() as tg:
                 for sub in subs:
                     tg.create_task(self._watch(sub), name="swarm-watch")
-                tg.create_task(self._serve(requests), name="swarm-rpc")
+                tg.create_task(self.answer_requests(requests, self.handle), name="swarm-rpc")
                 tg.create_task(self._status_loop(), name="swarm-status")
                 tg.create_task(self._initial(), name="swarm-initial")
         finally:
@@ -245,25 +242,6 @@ class SwarmCoordinator(Component):
             await asyncio.sleep(self.settings.swarm_status_interval)
 
     # -- requests ------------------------------------------------------------------------------
-    async def _serve(self, sub: Any) -> None:
-        async for msg in sub:
-            asyncio.get_running_loop().create_task(self._answer(msg))
-
-    async def _answer(self, msg: Message[Any]) -> None:
-        request = msg.payload
-        if not isinstance(request, RpcRequest) or not msg.envelope.reply:
-            return
-        try:
-            reply = RpcReply(ok=True, result=await self.handle(msg.params["method"], request.args))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'swarm'}: {e['msg']}" for e in exc.errors()
-            )
-            reply = RpcReply(ok=False, error=f"invalid swarm: {problems}")
-        except (SwarmError, ValueError, TypeError) as exc:
-            reply = RpcReply(ok=False, error=str(exc))
-        await self.bus.reply(msg, reply)
-
     def _spec(self, args: dict[str, Any]) -> SwarmSpec:
         name = args.get("name")
         if not name:
