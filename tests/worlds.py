@@ -55,7 +55,13 @@ class World:
 
     async def stop(self, name: str) -> None:
         self.components.pop(name).stop()
-        await asyncio.wait_for(self.tasks.pop(name), TIMEOUT)
+        task = self.tasks.pop(name)
+        done, _ = await asyncio.wait({task}, timeout=TIMEOUT)
+        if not done:  # say where it is stuck, every task's stack, then fail
+            for other in asyncio.all_tasks():
+                other.print_stack(limit=8)
+            raise AssertionError(f"{name} did not stop within {TIMEOUT} s")
+        task.result()
 
     def district(self, district_id: str) -> DistrictServer:
         return DistrictServer(
