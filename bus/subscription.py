@@ -156,9 +156,11 @@ class Subscription:
         else:
             if self.error is not None:
                 raise self.error
-            item = await (
-                queue.get() if timeout is None else asyncio.wait_for(queue.get(), timeout)
-            )
+            if timeout is None:
+                item = await queue.get()
+            else:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(timeout):
+                    item = await queue.get()
         if isinstance(item, BaseException):
             raise item
         return cast("Message[Any]", item)

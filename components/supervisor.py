@@ -272,7 +272,8 @@ class Supervisor:
                 flush=True,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), child.backoff)
+                async with asyncio.timeout(child.backoff):
+                    await self.stopping.wait()
             if self.stopping.is_set():
                 return
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)

@@ -131,8 +131,9 @@ class Orchestrator(Component):
             if not clock.ready(now):
                 # the budget's end, or (districts still busy) their reports or the floor
                 delay = clock.next_at() - now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, delay))
+                with contextlib.suppress(TimeoutError):  # not wait_for: it can eat a cancel
+                    async with asyncio.timeout(max(0.0, delay)):
+                        await wake.wait()
                 wake.clear()
                 continue
             if self._tick_started is not None:  # the whole previous tick: send to all reports
@@ -170,7 +171,8 @@ class Orchestrator(Component):
             await self.bus.publish(self.snapshot_topic, self.snapshot())
             await self._persist()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self.changed.wait()
             self.changed.clear()
 
     def counts(self) -> dict[str, int]:

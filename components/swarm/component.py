@@ -387,6 +387,8 @@ class SwarmCoordinator(Component):
                 last_order = now
                 continue
             done = expected == target and abs(current - target) <= self.in_flight(name)
+            if done:  # what is left is members in flight between districts: counted once
+                current = target
             if done or now - last_publish > 0.1:
                 last_publish = now
                 await self.bus.publish(
@@ -404,7 +406,8 @@ class SwarmCoordinator(Component):
                 )
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reported.wait(), 0.1)
+                async with asyncio.timeout(0.1):
+                    await self.reported.wait()
 
     async def _spawn(self, spec: SwarmSpec, count: int) -> None:
         first = self.spawned.get(spec.name, 0)

@@ -79,7 +79,7 @@ def test_covers_agrees_with_matches_on_topics() -> None:
         # a component
         ("health-main", "component", "subscribe", "mv/agent/+/act", True),
         ("health-main", "component", "subscribe", "mv/sys/component/+/+/status", True),
-        ("health-main", "component", "publish", "mv/agent/bob/act", False),
+        ("health-main", "component", "publish", "mv/agent/bob/act", True),  # hosted agents
         ("health-main", "component", "publish", "mv/agent/bob/obs", True),
         ("health-main", "component", "subscribe", "mv/sys/#", True),
         ("health-main", "component", "receive", "mv/sys/health", True),
