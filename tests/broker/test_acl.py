@@ -148,6 +148,13 @@ def test_acl_file_layout(acl: Acl) -> None:
         "pattern write mv/agent/%u/state",
         "pattern read mv/agent/%u/state",
         "pattern write mv/agent/%u/telemetry",
+        "pattern read mv/agent/%u/error",
+        "pattern read mv/world/+/snapshot",
+        "pattern read mv/world/+/regions",
+        "pattern read mv/world/+/region/+/updates",
+        "pattern read mv/world/+/region/+/snapshot/+",
+        "pattern read mv/world/+/city/+/+/+",
+        "pattern read mv/swarm/+/status",
     ]
     assert "user alice" not in body  # an agent has exactly the pattern grants
     sections = "\n".join(body)
@@ -155,7 +162,8 @@ def test_acl_file_layout(acl: Acl) -> None:
         "user drone1\ntopic deny mv/agent/drone1/obs\ntopic deny mv/agent/drone1/act\n"
         "topic deny mv/agent/drone1/state\n"
     ) in sections + "\n"
-    assert "user health-main\ntopic deny mv/agent/health-main/act\n" in sections
+    # a component answers for hosted agents, so only an agent's telemetry is not its to write
+    assert "user health-main\ntopic deny mv/agent/health-main/telemetry\n" in sections
     assert "topic read mv/agent/+/act" in sections
     assert "user op\ntopic deny mv/agent/op/obs\n" in sections
 
