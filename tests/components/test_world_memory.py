@@ -283,3 +283,24 @@ async def test_a_crowded_region_splits_and_its_half_moves_to_the_idle_server(
             world, lambda s: s.entities == 400 and s.districts.get("d2", 0) > 0
         )
         assert all(r.entities <= 250 for r in settled.regions), settled.regions
+
+
+async def test_a_gradual_scale_grows_at_its_rate_with_progress_on_the_way(world: World) -> None:
+    assert (await world.call("swarm", "create", name="slow", behaviour="hold", size=0)).ok
+    op = world.operator
+    progress = await op.subscribe(op.topics["swarm.progress"].build(swarm="slow"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reply = await world.call("swarm", "scale", name="slow", target=150, rate=150)
+    assert reply.ok, reply.error
+    seen: list[int] = []
+    while True:
+        p = (await progress.get(timeout=TIMEOUT)).payload
+        seen.append(p.current)
+        if p.finished:
+            break
+    took = loop.time() - started
+    assert p.current == 150 and p.error is None
+    assert took >= 0.8, f"150 members at 150/s took only {took:.2f} s"
+    assert len({c for c in seen if 0 < c < 150}) >= 3, seen  # it was seen growing
+    assert seen == sorted(seen)

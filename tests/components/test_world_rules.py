@@ -167,3 +167,72 @@ class TestHandoffLedger:
         assert sender.accepted(batch.batch) is batch
         assert sender.accepted(batch.batch) is None  # a repeated accept
         assert sender.due(200.0, retry=0.5) == [] and len(sender) == 0
+
+
+class TestHalo:
+    def test_a_flock_split_by_a_border_steps_as_if_there_were_none(self) -> None:
+        """Two servers with each other's border strip as halo move their boids exactly as one
+        server holding the whole world does: what a boid sees does not depend on the border."""
+        import numpy as np
+
+        from components.district.model import District
+        from world.behaviours import default_registry
+        from world.payloads import SwarmSpec
+
+        world = Bounds(x0=0, y0=0, x1=100, y1=50)
+        rng = np.random.default_rng(7)
+        n = 400
+        pos = np.column_stack((rng.uniform(35, 65, n), rng.uniform(10, 40, n)))
+        angle = rng.uniform(0, 2 * np.pi, n)
+        vel = np.column_stack((np.cos(angle), np.sin(angle)))
+        ids = [f"b{i:03d}" for i in range(n)]
+        spec = SwarmSpec(
+            name="b", behaviour="flocking", bounds=world, params={"vision": 8.0, "speed": 1.0}
+        )
+
+        def district(name: str, cols: int, districts: tuple[str, ...]) -> District:
+            d = District(name, default_registry())
+            d.set_map(
+                RegionMap(world="w", version=1, bounds=world,
+                          regions=grid_layout(world, cols, 1, districts))
+            )  # fmt: skip
+            d.set_swarm(spec)
+            return d
+
+        def put(d: District, rows: np.ndarray) -> None:
+            d.table.add(
+                EntityColumns(
+                    id=[ids[i] for i in rows], x=pos[rows, 0].tolist(), y=pos[rows, 1].tolist(),
+                    vx=vel[rows, 0].tolist(), vy=vel[rows, 1].tolist(), swarm=["b"] * len(rows),
+                )
+            )  # fmt: skip
+
+        whole = district("d1", 1, ("d1",))
+        put(whole, np.arange(n))
+        left, right = district("d1", 2, ("d1", "d2")), district("d2", 2, ("d1", "d2"))
+        west = np.flatnonzero(pos[:, 0] < 50)
+        east = np.flatnonzero(pos[:, 0] >= 50)
+        put(left, west)
+        put(right, east)
+        left.halo["r0-1"] = (pos[east].copy(), vel[east].copy())
+        right.halo["r0-0"] = (pos[west].copy(), vel[west].copy())
+        for d in (whole, left, right):
+            d.step(1, 1.0)
+        got = {}
+        for d in (left, right):
+            for i, entity in enumerate(d.table.ids):
+                got[entity] = d.table.pos[i].copy()
+            for batch in d.ledger.outbound.values():  # crossed the border this tick
+                for entity, x, y in zip(batch.entities.id, batch.entities.x, batch.entities.y,
+                                        strict=True):  # fmt: skip
+                    got[entity] = np.array([x, y])
+        want = {entity: whole.table.pos[i] for i, entity in enumerate(whole.table.ids)}
+        assert set(got) == set(want)
+        worst = max(float(np.abs(got[e] - want[e]).max()) for e in want)
+        assert worst < 1e-9, worst
+        # and without the halo they would differ: the check can fail
+        blind = district("d1", 2, ("d1", "d2"))
+        put(blind, west)
+        blind.step(1, 1.0)
+        moved = {e: blind.table.pos[i] for i, e in enumerate(blind.table.ids)}
+        assert any(float(np.abs(moved[e] - want[e]).max()) > 1e-6 for e in moved)
