@@ -1,10 +1,11 @@
 """The docker compose deployment (deploy/), checked without a Docker engine.
 
 What a deployer would hit: a component without a container, a container whose broker
-credentials Mosquitto refuses, a component Prometheus never scrapes, an image without its
-entrypoint or without topics.yaml. The last test runs the component containers' exact settings
-against a Mosquitto started from the project's own mosquitto/ files, as `docker compose up`
-would, with only the host names and ports changed.
+credentials Mosquitto refuses, a component Prometheus never scrapes, a world component without
+its database or a world whose regions go to a district server that has no container, an image
+without its entrypoint or without topics.yaml. The last test runs the component containers'
+exact settings against a Mosquitto started from the project's own mosquitto/ files, as
+`docker compose up` would, with only the host names, ports and database changed.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import time
 import tomllib
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -32,7 +35,8 @@ from broker.mosquitto import render_test_conf
 from broker.users import User, load_users
 from bus import Bus, BusSettings, SettingsError, load_settings
 from bus.payloads import HealthSummary, RpcRequest, Status
-from components.registry import COMPONENTS, resolve
+from components.registry import COMPONENTS, DEFAULT_UP, instance, resolve
+from components.supervisor import DEFAULT_WORLD
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -100,15 +104,39 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def component_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Services that run `mapleverse component NAME`, by component name."""
+@dataclass(frozen=True)
+class ComponentService:
+    """A service that runs `mapleverse component NAME` with MAPLEVERSE_ID=ID."""
+
+    name: str  # the compose service
+    component: str  # NAME in components/registry.py
+    id: str
+    spec: dict[str, Any]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return environment(self.spec)
+
+
+def component_services(compose: dict[str, Any]) -> dict[str, ComponentService]:
+    """Services that run `mapleverse component NAME`, by service name: `NAME` for the instance
+    `main`, `NAME-ID` for another (the district servers `district-d1`, `district-d2`)."""
     found = {}
     for name, service in compose["services"].items():
         command = service.get("command") or []
         if command[:1] == ["component"]:
-            assert command == ["component", name], f"service {name} runs {command}"
-            found[command[1]] = service
+            assert len(command) == 2, f"service {name} runs {command}"
+            component = command[1]
+            ident = environment(service).get("MAPLEVERSE_ID", "main")
+            expected = component if ident == "main" else f"{component}-{ident}"
+            assert name == expected, f"service {name} runs {component} {ident}: call it {expected}"
+            found[name] = ComponentService(name, component, ident, service)
     return found
+
+
+def persists(component: str) -> bool:
+    """Whether the component keeps state in the store (MAPLEVERSE_STORE_URL)."""
+    return "store_url" in resolve(component).settings_model.model_fields
 
 
 def depends_on(service: dict[str, Any]) -> set[str]:
@@ -120,10 +148,15 @@ def depends_on(service: dict[str, Any]) -> set[str]:
 
 
 def test_every_registered_component_has_a_service(compose: dict[str, Any]) -> None:
-    services = component_services(compose)
-    missing = sorted(set(COMPONENTS) - set(services))
+    services = component_services(compose).values()
+    missing = sorted(set(COMPONENTS) - {s.component for s in services})
     assert not missing, f"components without a service in {COMPOSE.name}: {missing}"
-    for name, service in services.items():
+    # ... and every instance `mapleverse up` starts (`district:d1`) has its own.
+    instances = {(s.component, s.id) for s in services}
+    missing = [spec for spec in DEFAULT_UP if instance(spec) not in instances]
+    assert not missing, f"instances of DEFAULT_UP without a service in {COMPOSE.name}: {missing}"
+    for s in services:
+        name, service = s.name, s.spec
         assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO, name
         assert service.get("restart") == "unless-stopped", name
@@ -140,7 +173,7 @@ def test_broker_users_exist_with_their_roles_and_dev_passwords(compose: dict[str
         username = env["MAPLEVERSE_USERNAME"]
         assert username in users, f"{name}: {username} is not in mosquitto/users.yaml"
         user = users[username]
-        if service in components.values():
+        if name in components:
             assert user.role == "component", f"{name}: {username} has role {user.role}"
         # The default password (no .env) must be the one Mosquitto's passwd file holds.
         assert user.check_password(env["MAPLEVERSE_PASSWORD"]), (
@@ -152,8 +185,8 @@ def test_component_settings_load_as_the_container_would(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, service in component_services(compose).items():
-        cls = resolve(name)
-        env = environment(service)
+        cls = resolve(service.component)
+        env = service.env
         fields = set(cls.settings_model.model_fields)
         # pydantic ignores unknown variables: a misspelt one would silently do nothing.
         unknown = [k for k in env if k.startswith("MAPLEVERSE_") and k[11:].lower() not in fields]
@@ -170,8 +203,52 @@ def test_component_settings_load_as_the_container_would(
         assert settings.host == "mosquitto", name
         assert settings.metrics_port, f"{name}: no MAPLEVERSE_METRICS_PORT, nothing to scrape"
         assert settings.metrics_host == "0.0.0.0", f"{name}: /metrics unreachable from prometheus"
+        assert settings.id == service.id, name
         # The username is the MQTT client id: `<kind>-<id>`, as in mosquitto/README.md.
         assert settings.username == f"{cls.kind}-{settings.id}", name
+
+
+def test_world_components_persist_to_the_postgres_service(compose: dict[str, Any]) -> None:
+    postgres = environment(compose["services"]["postgres"])
+    world = [s for s in component_services(compose).values() if persists(s.component)]
+    assert world, "no service runs a component that persists: nothing to check"
+    for s in world:
+        url = urlsplit(s.env.get("MAPLEVERSE_STORE_URL", ""))
+        assert url.scheme == "postgresql+psycopg", f"{s.name}: MAPLEVERSE_STORE_URL {url.geturl()}"
+        assert (url.hostname, url.port) == ("postgres", 5432), s.name
+        assert (url.username, url.password, url.path) == (
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_PASSWORD"],
+            "/" + postgres["POSTGRES_DB"],
+        ), f"{s.name}: MAPLEVERSE_STORE_URL does not log in as the postgres service's user"
+        # A component that opens its store before PostgreSQL accepts connections exits.
+        assert s.spec["depends_on"]["postgres"] == {"condition": "service_healthy"}, s.name
+        assert s.spec["depends_on"]["mosquitto"] == {"condition": "service_healthy"}, s.name
+    # All of a world's components share one database and serve one world.
+    assert len({s.env["MAPLEVERSE_STORE_URL"] for s in world}) == 1
+    assert len({s.env.get("MAPLEVERSE_WORLD", "main") for s in world}) == 1
+
+
+def test_the_default_world_runs_as_mapleverse_up_runs_it(compose: dict[str, Any]) -> None:
+    """The world settings of `mapleverse up` (DEFAULT_WORLD), each given to every service whose
+    component reads it; and every district server the regions are dealt to has a service."""
+    services = component_services(compose).values()
+    given: set[str] = set()
+    for s in services:
+        fields = resolve(s.component).settings_model.model_fields
+        for key, value in DEFAULT_WORLD.items():
+            if key[11:].lower() in fields:
+                assert s.env.get(key) == value, f"{s.name}: {key}={s.env.get(key)!r}, not {value!r}"
+                given.add(key)
+    assert given == set(DEFAULT_WORLD), f"read by no service: {set(DEFAULT_WORLD) - given}"
+    orchestrators = [s for s in services if s.component == "orchestrator"]
+    assert orchestrators, "no orchestrator: the world's clock never ticks"
+    districts = {s.id for s in services if s.component == "district"}
+    for s in orchestrators:
+        dealt = set(s.env["MAPLEVERSE_WORLD_DISTRICTS"].split(","))
+        assert dealt == districts, (
+            f"{s.name} deals regions to {sorted(dealt)}; district services: {sorted(districts)}"
+        )
 
 
 def test_prometheus_scrapes_every_component(compose: dict[str, Any]) -> None:
@@ -186,7 +263,7 @@ def test_prometheus_scrapes_every_component(compose: dict[str, Any]) -> None:
         for target in static["targets"]
     }
     for name, service in component_services(compose).items():
-        target = f"{name}:{environment(service)['MAPLEVERSE_METRICS_PORT']}"
+        target = f"{name}:{service.env['MAPLEVERSE_METRICS_PORT']}"
         assert target in scraped, f"prometheus.yml does not scrape {target}"
 
 
@@ -333,9 +410,9 @@ class Stack:
         handle.start()
         return handle
 
-    async def start_component(self, name: str, env: dict[str, str]) -> None:
+    async def start_component(self, name: str, component: str, env: dict[str, str]) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "components", "component", name,
+            sys.executable, "-m", "components", "component", component,
             env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self.procs[name] = proc
@@ -393,22 +470,26 @@ async def stack(workdir: Path) -> AsyncIterator[tuple[Stack, Any]]:
 async def test_component_containers_run_against_the_projects_mosquitto(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Each component with its service's environment (host and ports aside) logs in to a
-    Mosquitto loaded with mosquitto/passwd and mosquitto/acl, serves /metrics, shows up in the
-    health summary and answers; SIGTERM leaves a retained offline status."""
+    """Each component with its service's environment (host, ports and database aside) logs in
+    to a Mosquitto loaded with mosquitto/passwd and mosquitto/acl, serves /metrics, shows up in
+    the health summary and answers; SIGTERM leaves a retained offline status."""
     services = component_services(compose)
     cli = environment(compose["services"]["cli"])
+    # The world components share one database, as they share the postgres service.
+    store_url = f"sqlite+aiosqlite:///{tmp_path / 'mapleverse.db'}"
     async with stack(tmp_path) as (s, broker):
         base = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
         for name, service in services.items():
-            env = {**base, **environment(service)}
+            env = {**base, **service.env}
             env.update(
                 MAPLEVERSE_HOST=broker.host,
                 MAPLEVERSE_PORT=str(broker.port),
                 MAPLEVERSE_METRICS_HOST="127.0.0.1",
                 MAPLEVERSE_METRICS_PORT="0",  # tests bind free ports
             )
-            await s.start_component(name, env)
+            if persists(service.component):
+                env["MAPLEVERSE_STORE_URL"] = store_url
+            await s.start_component(name, service.component, env)
         operator = BusSettings(
             host=broker.host,
             port=broker.port,
@@ -418,11 +499,11 @@ async def test_component_containers_run_against_the_projects_mosquitto(
         )
         async with Bus(operator, kind="cli") as bus:
             summaries = await bus.subscribe(bus.topics.health())
-            want = {(resolve(name).kind, "online") for name in services}
+            want = {(resolve(c.component).kind, c.id, "online") for c in services.values()}
             async with asyncio.timeout(20):
                 async for msg in summaries:
                     assert isinstance(msg.payload, HealthSummary)
-                    if want <= {(c.kind, c.state) for c in msg.payload.components}:
+                    if want <= {(c.kind, c.id, c.state) for c in msg.payload.components}:
                         break
             if "echo" in services:
                 topic = bus.topics.rpc.request(service="echo", method="ping")
@@ -437,10 +518,10 @@ async def test_component_containers_run_against_the_projects_mosquitto(
                 assert await s.stop(name) == 0, "".join(s.logs[name])
         async with Bus(operator, kind="cli") as bus:
             statuses = await bus.subscribe(bus.topics.component.status())
-            seen: dict[str, str] = {}
+            seen: dict[tuple[str, str], str] = {}
             deadline = time.monotonic() + 10
             while len(seen) < len(services) and time.monotonic() < deadline:
                 msg = await statuses.get(timeout=10)
                 assert isinstance(msg.payload, Status) and msg.retain
-                seen[msg.payload.kind] = msg.payload.state
-            assert seen == {resolve(name).kind: "offline" for name in services}
+                seen[msg.payload.kind, msg.payload.id] = msg.payload.state
+            assert seen == {(resolve(c.component).kind, c.id): "offline" for c in services.values()}
