@@ -27,6 +27,8 @@ from bus import Bus, Message
 from bus.batching import BatchPublisher
 from bus.payloads import AgentState, Telemetry
 from bus.topics import Topic
+from components.district.city import City
+from components.district.devices import Devices
 from components.district.handoff import Outbound
 from components.district.model import District
 from components.district.settings import DistrictSettings
@@ -34,12 +36,9 @@ from components.district.store import DistrictStore
 from components.runtime.component import Component
 from store import StoreError, StoreSettings, open_store
 from world import metrics
-from world.city import building_key, city_layout
 from world.geometry import halo_regions
 from world.payloads import (
-    Building,
     DistrictControl,
-    EntityColumns,
     Handoff,
     RegionMap,
     RegionSnapshot,
@@ -75,10 +74,8 @@ class DistrictServer(Component):
         self.last_snapshot: dict[str, float] = {}
         # parts of each region's last snapshot; a smaller one clears the parts left over
         self.snapshot_parts: dict[str, int] = defaultdict(lambda: MAX_SNAPSHOT_PARTS)
-        self.buildings: dict[str, Building] = {}  # of the regions we own, by key
-        self.directory: dict[str, str] = {}  # device -> the district that says it owns it
-        self.devices: dict[str, tuple[float, float, float]] = {}  # last telemetry: t, x, y
-        self.announce: set[str] = set()  # devices whose directory entry we must publish
+        self.city = City(self)
+        self.devices = Devices(self)
         self.stepped = asyncio.Event()  # set after every processed tick (tests wait on it)
         self.loaded = asyncio.Event()
         t = self.topics
@@ -179,8 +176,8 @@ class DistrictServer(Component):
             self._out_metric.inc(sum(len(b.entities) for b in journal.given))
             self._in_metric.inc(d.handoffs_in - handoffs_in)
         await self._announce()
-        if self.announce:
-            await self._announce_devices()
+        if self.devices.announce:
+            await self.devices.publish()
         if tick is not None:
             await self._publish_tick(tick, started, errors)
         elif changed:  # paused, yet owners changed: say so (drains and scales wait on it)
@@ -203,7 +200,7 @@ class DistrictServer(Component):
         if name == "map" and isinstance(payload, RegionMap):
             if d.set_map(payload):
                 self._follow_halo()
-                await self._adopt_buildings()
+                await self.city.adopt()
                 for region in list(self.publishers):
                     if region not in {r.id for r in d.own}:
                         del self.publishers[region]
@@ -220,19 +217,16 @@ class DistrictServer(Component):
             elif payload.op == "steer" and payload.entities is not None:
                 d.steer(payload.entities)
             elif payload.op == "claim":
-                await self._claim(payload.building, payload.agent)
+                await self.city.claim(payload.building, payload.agent)
         elif name == "telemetry" and isinstance(payload, Telemetry):
-            await self._telemetry(msg, payload)
+            await self.devices.telemetry(msg, payload)
         elif name == "directory" and isinstance(payload, AgentState):
-            if payload.status == "device" and isinstance(payload.data.get("district"), str):
-                self.directory[msg.params["agent"]] = payload.data["district"]
+            self.devices.heard(msg.params["agent"], payload)
         elif name == "handoff" and isinstance(payload, Handoff):
             if payload.op == "offer" and payload.entities is not None:
                 ids = d.offer_received(payload.entities)
                 self.accepts.append((payload.sender, payload.batch, ids))
-                for entity in ids:  # devices now ours: say so in the directory
-                    if entity in self.devices and entity in d.table:
-                        self.announce.add(entity)
+                self.devices.taken(ids)
             elif payload.op == "accept":
                 done = d.accept_received(payload.batch)
                 if done is not None and done.sent:
@@ -453,133 +447,9 @@ class DistrictServer(Component):
                 vel[:, 1] = np.concatenate([c["vy"] for c in cols])
                 self.district.halo[region] = (pos, vel)
 
-    # -- devices -------------------------------------------------------------------------------
-    async def _telemetry(self, msg: Message[Any], telemetry: Telemetry) -> None:
-        """A device's position: update the entity we own, or adopt a device new to the world
-        whose position is in one of our regions (the directory names who owns which device,
-        so two districts never adopt the same one)."""
-        d = self.district
-        agent = msg.params["agent"]
-        bounds = d.world_bounds
-        if bounds is None:
-            return
-        limit = self.settings.district_telemetry_max_bytes
-        first = min((r.district for r in d.map.regions), default="") if d.map else ""
-        if len(msg.raw) > limit or not bounds.contains(telemetry.x, telemetry.y):
-            if first == self.id:  # one district reports it, not every one
-                reason = (
-                    f"oversized: {len(msg.raw)} bytes; at most {limit}"
-                    if len(msg.raw) > limit
-                    else f"out of bounds: ({telemetry.x:g}, {telemetry.y:g}) is outside the "
-                    f"world {bounds.as_tuple()}"
-                )
-                await self.bus.dead_letter(msg, reason)
-            return
-        now = time.time()
-        row = d.table.index.get(agent)
-        last = self.devices.get(agent)
-        if row is not None:
-            vx = vy = 0.0
-            if last is not None and 0 < now - last[0] < 5.0:
-                vx = (telemetry.x - last[1]) / (now - last[0])
-                vy = (telemetry.y - last[2]) / (now - last[0])
-            d.table.pos[row] = (telemetry.x, telemetry.y)
-            d.table.vel[row] = (vx, vy)
-            self.devices[agent] = (now, telemetry.x, telemetry.y)
-            return
-        region = d.index.region_at(telemetry.x, telemetry.y)
-        mine = region is not None and region.district == self.id
-        if mine and self.directory.get(agent, self.id) == self.id and agent not in d.ledger.seen:
-            entities = EntityColumns(
-                id=[agent], x=[telemetry.x], y=[telemetry.y], vx=[0.0], vy=[0.0], swarm=[""]
-            )
-            if d.spawn(entities):
-                self.devices[agent] = (now, telemetry.x, telemetry.y)
-                self.directory[agent] = self.id
-                self.announce.add(agent)
-
-    async def _announce_devices(self) -> None:
-        announce, self.announce = self.announce, set()
-        for agent in announce:
-            row = self.district.table.index.get(agent)
-            if row is None:
-                continue
-            x, y = self.district.table.pos[row].tolist()
-            region = self.district.index.region_at(x, y)
-            state = AgentState(
-                status="device",
-                data={"district": self.id, "region": region.id if region else "", "x": x, "y": y},
-            )
-            await self.bus.publish(self.topics["agent.state"].build(agent=agent), state)
-
-    # -- the city ------------------------------------------------------------------------------
-    async def _adopt_buildings(self) -> None:
-        """Publish (retained) the buildings of the regions we now own, with their claims."""
-        own = {r.id: r for r in self.district.own}
-        mapped = {r.id for r in self.district.map.regions} if self.district.map else set()
-        for key in [k for k, b in self.buildings.items() if b.district not in own]:
-            building = self.buildings.pop(key)
-            if building.district not in mapped:  # the region was split or merged away
-                await self.bus.clear_retained(
-                    self.topics["city.building"].build(
-                        world=self.world,
-                        district=building.district,
-                        neighbourhood=building.neighbourhood,
-                        building=building.building,
-                    )
-                )
-        fresh = [
-            b for r in own.values() for b in city_layout(r) if building_key(b) not in self.buildings
-        ]
-        if not fresh:
-            return
-        claims = {}
-        if self.store is not None:
-            with contextlib.suppress(StoreError):
-                for snap in await self.store.store.list_snapshots("building"):
-                    claims[snap.owner_id] = snap.payload
-        for building in fresh:
-            key = building_key(building)
-            claim = claims.get(f"{self.world}/{key}")
-            if claim:
-                building = building.model_copy(
-                    update={"claimed_by": claim["agent"], "claimed_at": claim["at"]}
-                )
-            self.buildings[key] = building
-            await self._publish_building(building)
-
-    async def _publish_building(self, building: Building) -> None:
-        topic = self.topics["city.building"].build(
-            world=self.world,
-            district=building.district,
-            neighbourhood=building.neighbourhood,
-            building=building.building,
-        )
-        await self.bus.publish(topic, building)
-
-    async def _claim(self, key: str, agent: str) -> None:
-        """An agent claims a building of ours: first come, first served; persisted."""
-        building = self.buildings.get(key)
-        if building is None or building.claimed_by not in (None, agent):
-            self.log.info("claim of %s by %s refused (%s)", key, agent,
-                          "not ours" if building is None else f"held by {building.claimed_by}")  # fmt: skip
-            return
-        now = time.time()
-        assert self.store is not None
-        try:
-            await self.store.store.put_snapshot(
-                "building", f"{self.world}/{key}", "claim", {"agent": agent, "at": now}
-            )
-        except StoreError as exc:
-            self.log.error("claim of %s not persisted: %s", key, exc)
-            return
-        building = building.model_copy(update={"claimed_by": agent, "claimed_at": now})
-        self.buildings[key] = building
-        await self._publish_building(building)
-
     async def republish(self, bus: Bus) -> None:
-        for building in self.buildings.values():
-            await self._publish_building(building)
+        for building in self.city.buildings.values():
+            await self.city.publish(building)
         for region in self.district.own:
             rows = self.district.region_rows().get(region.id)
             if rows is not None:
