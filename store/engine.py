@@ -15,10 +15,11 @@ Both get the same Alembic migrations, applied at open.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -47,6 +48,8 @@ from store.settings import StoreSettings
 
 __all__ = ["MIGRATIONS", "Store", "open_store"]
 
+T = TypeVar("T")
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Held while migrating so two processes opening one PostgreSQL database do not race.
 _MIGRATION_LOCK = 0x4D56_5354  # "MVST"
@@ -60,6 +63,20 @@ class Store:
         self.engine = engine
         self.url = url  # password masked
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._ops: set[asyncio.Task[Any]] = set()
+
+    async def _in_session(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async with self.session() as session:
+            return await fn(session, *args)
+
+    async def _finish(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run one helper's transaction to its end even if the caller is cancelled meanwhile
+        (a component stopping): a write is then either committed or never started, and
+        `close()` waits for it, so no driver thread answers into a closed event loop."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._ops.add(task)
+        task.add_done_callback(self._ops.discard)
+        return await asyncio.shield(task)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -73,18 +90,19 @@ class Store:
             raise QueryFailed(_reason(exc), url=self.url) from exc
 
     async def close(self) -> None:
-        """Close every pooled connection; the store is not to be used afterwards."""
+        """Finish the operations under way (a few seconds at most), then close every pooled
+        connection; the store is not to be used afterwards."""
+        if self._ops:
+            await asyncio.wait(set(self._ops), timeout=5.0)
         await self.engine.dispose()
 
     async def get_snapshot(self, owner_kind: str, owner_id: str, key: str) -> Snapshot | None:
         """The snapshot under (owner_kind, owner_id, key), or None."""
-        async with self.session() as session:
-            return await models.get_snapshot(session, owner_kind, owner_id, key)
+        return await self._finish(self._in_session(models.get_snapshot, owner_kind, owner_id, key))
 
     async def list_snapshots(self, owner_kind: str, owner_id: str | None = None) -> list[Snapshot]:
         """Every snapshot of an owner kind (or one owner), ordered by owner id then key."""
-        async with self.session() as session:
-            return await models.list_snapshots(session, owner_kind, owner_id)
+        return await self._finish(self._in_session(models.list_snapshots, owner_kind, owner_id))
 
     async def put_snapshot(
         self,
@@ -95,32 +113,29 @@ class Store:
         expected_version: int | None = None,
     ) -> int:
         """Store `payload`, return the new version; a stale expected_version: VersionConflict."""
-        async with self.session() as session:
-            return await models.put_snapshot(
-                session, owner_kind, owner_id, key, payload, expected_version
+        return await self._finish(
+            self._in_session(
+                models.put_snapshot, owner_kind, owner_id, key, payload, expected_version
             )
+        )
 
     async def append(self, stream: str, term: int, payload: JsonObject) -> int:
         """Append to `stream` at the next index and return it; a racing writer: LogConflict."""
-        async with self.session() as session:
-            return await models.append(session, stream, term, payload)
+        return await self._finish(self._in_session(models.append, stream, term, payload))
 
     async def read(
         self, stream: str, from_index: int = 1, limit: int | None = None
     ) -> list[LogEntry]:
         """Entries of `stream` from `from_index` on, in index order (at most `limit`)."""
-        async with self.session() as session:
-            return await models.read(session, stream, from_index, limit)
+        return await self._finish(self._in_session(models.read, stream, from_index, limit))
 
     async def compact(self, stream: str, before: int) -> int:
         """Drop entries of `stream` below index `before` (kept in a snapshot); how many."""
-        async with self.session() as session:
-            return await models.compact(session, stream, before)
+        return await self._finish(self._in_session(models.compact, stream, before))
 
     async def last_index(self, stream: str) -> int:
         """The last index of `stream` (0 when empty)."""
-        async with self.session() as session:
-            return await models.last_index(session, stream)
+        return await self._finish(self._in_session(models.last_index, stream))
 
 
 def _reason(exc: BaseException) -> str:
