@@ -75,6 +75,8 @@ class DistrictServer(Component):
         # parts of each region's last snapshot; a smaller one clears the parts left over
         self.snapshot_parts: dict[str, int] = defaultdict(lambda: MAX_SNAPSHOT_PARTS)
         self.city = City(self)
+        self._persisting: asyncio.Task[None] | None = None
+        self._persisted = time.monotonic()
         self.devices = Devices(self)
         self.stepped = asyncio.Event()  # set after every processed tick (tests wait on it)
         self.loaded = asyncio.Event()
@@ -126,6 +128,11 @@ class DistrictServer(Component):
         finally:
             for task in self.halo_subs.values():
                 task.cancel()
+            if self.store is not None and self.loaded.is_set():  # a clean stop: all of it
+                state = self.district.dump()
+                state["journal"] = self.store.last_index
+                with contextlib.suppress(StoreError):
+                    await self.store.snapshot(state)
             await db.close()
 
     async def _collect(self, name: str, sub: Any) -> None:
@@ -307,10 +314,7 @@ class DistrictServer(Component):
                     )
             if snapshot_due:
                 await self._snapshot_region(region.id, r, tick)
-        if snapshot_due:
-            with contextlib.suppress(StoreError):
-                assert self.store is not None
-                await self.store.snapshot(d)
+        self._maybe_persist()
         for updates, halo in self.publishers.values():
             updates._flush_now()
             halo._flush_now()
@@ -330,8 +334,13 @@ class DistrictServer(Component):
             rows = d.region_rows()
         speed = np.linalg.norm(table.vel, axis=1)
         unit = table.vel / np.where(speed > 0, speed, 1.0)[:, None]
-        sums = np.zeros((len(table.swarms), 2))
-        np.add.at(sums, table.group, unit)
+        k = len(table.swarms)
+        sums = np.column_stack(
+            (
+                np.bincount(table.group, weights=unit[:, 0], minlength=k),
+                np.bincount(table.group, weights=unit[:, 1], minlength=k),
+            )
+        )
         report = StepReport(
             district=self.id,
             tick=tick,
@@ -356,6 +365,29 @@ class DistrictServer(Component):
         self._tick_metric.observe(report.duration)
         self._count_metric.set(len(table))
         await self.bus.publish(self.step_topic, report)
+
+    def _maybe_persist(self) -> None:
+        """Every `district_persist_interval` seconds, write the whole state in the background
+        (the tick does not wait for it; the journal already holds every change of owner)."""
+        now = time.monotonic()
+        busy = self._persisting is not None and not self._persisting.done()
+        if (
+            busy
+            or self.store is None
+            or now - self._persisted < self.settings.district_persist_interval
+        ):
+            return
+        self._persisted = now
+        state = self.district.dump()
+        state["journal"] = self.store.last_index  # every journal entry so far is in `state`
+        self._persisting = asyncio.get_running_loop().create_task(self._persist(state))
+
+    async def _persist(self, state: dict[str, Any]) -> None:
+        assert self.store is not None
+        try:
+            await self.store.snapshot(state)
+        except StoreError as exc:
+            self.log.error("district state not persisted (the journal has its changes): %s", exc)
 
     def _publishers(self, region: str) -> tuple[BatchPublisher, BatchPublisher]:
         pair = self.publishers.get(region)

@@ -231,13 +231,12 @@ class District:
         np.clip(pos[:, 0], bounds.x0, np.nextafter(bounds.x1, bounds.x0), out=pos[:, 0])
         np.clip(pos[:, 1], bounds.y0, np.nextafter(bounds.y1, bounds.y0), out=pos[:, 1])
         where = self.index.locate(pos)
-        owners = np.array([r.district for r in self.index.regions] + [self.id], dtype=object)
-        district_of = owners[where]  # where == -1 picks the last: ours (cannot happen after clip)
-        leaving = district_of != self.id
-        if not leaving.any():
+        theirs = np.array([r.district != self.id for r in self.index.regions] + [False])
+        rows = np.flatnonzero(theirs[where])  # where == -1 (cannot happen after clip): ours
+        if not len(rows):
             return []
-        rows = np.flatnonzero(leaving)
-        targets = district_of[rows]
+        owners = np.array([r.district for r in self.index.regions], dtype=object)
+        targets = owners[where[rows]]
         table.ov[rows] += 1
         given = []
         for target in sorted(set(targets.tolist())):

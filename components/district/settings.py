@@ -16,6 +16,12 @@ class DistrictSettings(WorldSettings):
     district_snapshot_every: int = Field(
         default=30, ge=1, description="ticks between retained region snapshots (and persists)"
     )
+    district_persist_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between writes of the whole state (owner changes are journalled "
+        "at once)",
+    )
     district_halo: float = Field(
         default=10.0, ge=0, description="distance from a border within which neighbours see"
     )

@@ -6,6 +6,8 @@ hand-off and spawn acknowledged before a crash (kill -9 included) is back after 
 
 from __future__ import annotations
 
+from typing import Any
+
 from components.district.model import District, Journal
 from store import Store
 
@@ -41,11 +43,11 @@ class DistrictStore:
         """Persist one tick's ownership changes (before any of them is announced)."""
         self.last_index = await self.store.append(self.stream, 0, journal.dump())
 
-    async def snapshot(self, district: District) -> None:
-        """Persist the whole state; the journal entries it covers are dropped (the last one
-        stays, so the journal's indexes keep growing)."""
-        state = district.dump()
-        state["journal"] = self.last_index
+    async def snapshot(self, state: dict[str, Any]) -> None:
+        """Persist the whole state: `District.dump()` with `journal`, the last journal index it
+        covers. The entries it covers are dropped (the last one stays, so the journal's
+        indexes keep growing)."""
+        covered = int(state.setdefault("journal", self.last_index))
         await self.store.put_snapshot("district", self.owner, "state", state)
-        if self.last_index > 1:
-            await self.store.compact(self.stream, self.last_index)
+        if covered > 1:
+            await self.store.compact(self.stream, covered)
