@@ -29,6 +29,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    IntegrityError,
     InterfaceError,
     OperationalError,
     SQLAlchemyError,
@@ -43,7 +44,13 @@ from sqlalchemy.ext.asyncio import (
 
 from bus.settings import load_settings
 from store import models
-from store.errors import MigrationFailed, QueryFailed, StoreError, StoreUnavailable
+from store.errors import (
+    LogConflict,
+    MigrationFailed,
+    QueryFailed,
+    StoreError,
+    StoreUnavailable,
+)
 from store.models import JsonObject, LogEntry, Snapshot
 from store.settings import StoreSettings
 
@@ -121,8 +128,25 @@ class Store:
         )
 
     async def append(self, stream: str, term: int, payload: JsonObject) -> int:
-        """Append to `stream` at the next index and return it; a racing writer: LogConflict."""
-        return await self._finish(self._in_session(models.append, stream, term, payload))
+        """Append to `stream` at the next index and return it; a racing writer: LogConflict.
+
+        One statement in its own transaction on a plain connection (no ORM session, no
+        savepoint): the hot path of journals and replicated logs."""
+        return await self._finish(self._append(stream, term, payload))
+
+    async def _append(self, stream: str, term: int, payload: JsonObject) -> int:
+        stmt = models.append_statement(stream, term, payload)
+        try:
+            async with self.engine.begin() as conn:
+                index = await conn.scalar(stmt)
+        except IntegrityError as exc:
+            raise LogConflict(stream, url=self.url) from exc
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            raise StoreUnavailable(_reason(exc), url=self.url) from exc
+        except SQLAlchemyError as exc:
+            raise QueryFailed(_reason(exc), url=self.url) from exc
+        assert index is not None
+        return int(index)
 
     async def read(
         self, stream: str, from_index: int = 1, limit: int | None = None

@@ -243,23 +243,28 @@ async def append(session: AsyncSession, stream: str, term: int, payload: JsonObj
     The index is computed and inserted in one statement; a concurrent writer that took the same
     index makes this raise `LogConflict` (DESIGN principle 5: one owner per stream).
     """
-    next_index = (
-        select(func.coalesce(func.max(LogEntryRow.index), 0) + 1)
-        .where(LogEntryRow.stream == stream)
-        .scalar_subquery()
-    )
-    stmt = (
-        insert(LogEntryRow)
-        .values(stream=stream, index=next_index, term=term, payload=payload)
-        .returning(LogEntryRow.index)
-    )
+    stmt = append_statement(stream, term, payload)
     try:
         async with session.begin_nested():
             index = await session.scalar(stmt)
     except IntegrityError as exc:
         raise LogConflict(stream, url=_url(session)) from exc
     assert index is not None
-    return index
+    return int(index)
+
+
+def append_statement(stream: str, term: int, payload: JsonObject) -> Any:
+    """INSERT of the next entry of `stream`, its index computed in the same statement."""
+    next_index = (
+        select(func.coalesce(func.max(LogEntryRow.index), 0) + 1)
+        .where(LogEntryRow.stream == stream)
+        .scalar_subquery()
+    )
+    return (
+        insert(LogEntryRow)
+        .values(stream=stream, index=next_index, term=term, payload=payload)
+        .returning(LogEntryRow.index)
+    )
 
 
 async def read(
