@@ -85,6 +85,7 @@ bench: $(STAMP) services
 	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/bus_throughput.py
 	$(BIN)/python benchmarks/flocking.py
 	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/world.py
+	$(BIN)/python benchmarks/raft_simulation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules
