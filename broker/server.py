@@ -34,6 +34,7 @@ import contextvars
 import errno
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,16 @@ class _InflightRecorder(OrderedDict[int, Any]):
         return list(found.values())
 
 
+class _Snapshots(dict[str, list[tuple[Any, int]]]):
+    """A dict whose iteration (keys, items) walks a copy taken when it starts."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Any, int]]]]:  # type: ignore[override]
+        return list(super().items())
+
+
 class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
     """amqtt's Broker with authentication first, clean takeovers and port fallback."""
 
@@ -153,6 +164,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
         state_file: Path | None = None,
     ) -> None:
         super().__init__(config)
+        # amqtt 0.12 walks this dict with awaits in between (its broadcast loop awaits the ACL
+        # check per subscriber), so a SUBSCRIBE meanwhile raised "dictionary changed size during
+        # iteration" and the message being broadcast was lost. Walk snapshots instead.
+        self._subscriptions = _Snapshots(self._subscriptions)  # type: ignore[has-type]
         self.state_file = state_file
         self._restore: BrokerState | None = None
         self._stopping = False
