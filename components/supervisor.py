@@ -188,6 +188,8 @@ class Supervisor:
                 MAPLEVERSE_BROKER_ROOT=self.root,
                 MAPLEVERSE_BROKER_USERS_FILE=str(self.state_dir / "users.yaml"),
                 MAPLEVERSE_BROKER_PORT_FALLBACK="true",
+                # retained messages and the components' sessions survive a restart of `up`
+                MAPLEVERSE_BROKER_DATA_DIR=str(self.state_dir.resolve() / "broker"),
             ),
         )
         await self.broker.start()

@@ -104,14 +104,19 @@ class District:
     # -- ownership changes -------------------------------------------------------------------
     def spawn(self, entities: EntityColumns) -> int:
         """Add new entities (a swarm grows); ids seen before are ignored (idempotent)."""
+        seen = self.ledger.seen
         rows = [
             i
-            for i, e in enumerate(entities.id)
-            if e not in self.table and e not in self.ledger.seen
+            for i, (e, swarm) in enumerate(zip(entities.id, entities.swarm, strict=True))
+            if e not in self.table
+            # an agent that left may come back; a swarm member's id is never used twice
+            and (e not in seen or (swarm == FREE and seen[e] == DESPAWNED_OV))
         ]
         if not rows:
             return 0
         fresh = entities.take(rows)
+        for entity in fresh.id:
+            seen.pop(entity, None)
         self.table.add(fresh)
         self.journal.taken.append(fresh)
         return len(rows)
@@ -306,7 +311,7 @@ class District:
             entities = EntityColumns.model_validate(data)
             self.table.add(entities)
             for entity, ov in zip(entities.id, entities.ov or [0] * len(entities), strict=True):
-                self.ledger.seen[entity] = max(ov, self.ledger.seen.get(entity, 0))
+                self.ledger.seen[entity] = ov  # taken at this version (a spawn: 0)
         for data in entry.get("given", []):
             batch = Outbound.load(data)
             self.table.remove_ids(batch.entities.id)

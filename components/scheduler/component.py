@@ -47,6 +47,7 @@ from world.payloads import (
 )
 
 CLAIM_REACH = 2.0  # how near a building an agent must stand to claim it
+PLACE_AGAIN_AFTER = 3.0  # seconds before an agent not seen in the world is placed again
 
 __all__ = ["AgentScheduler"]
 
@@ -68,6 +69,8 @@ class AgentScheduler(Component):
         self.steers: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
         self.buildings: dict[str, Building] = {}
         self.claims: list[tuple[str, str, str]] = []  # (region, building, agent) to send
+        self._placed: dict[str, float] = {}  # agents placed, not yet seen in the world: when
+        self._last_check = 0.0
         self.db: Store | None = None
         self.stats = {"observations": 0, "answers": 0, "late": 0, "impossible": 0, "malformed": 0}
 
@@ -194,10 +197,26 @@ class AgentScheduler(Component):
             record.home = region.id
             await self._save(record)
         entities = EntityColumns(id=[record.id], x=[x], y=[y], vx=[0.0], vy=[0.0], swarm=[""])
+        self._placed[record.id] = time.time()
         await self.bus.publish(
             self.topics["world.control"].build(world=self.world, district=region.district),
             DistrictControl(op="spawn", entities=entities),
         )
+
+    async def _replace_missing(self, now: float) -> None:
+        """An agent whose entity the world has not shown within a few seconds of placing it is
+        placed again (a spawn sent before its district server was listening is lost; a second
+        one is harmless: districts ignore ids they have seen)."""
+        if self.map is None or now - self._last_check < PLACE_AGAIN_AFTER:
+            return
+        self._last_check = now
+        for record in list(self.agents.values()):
+            placed = self._placed.get(record.id)
+            if placed is not None and now - placed >= PLACE_AGAIN_AFTER:
+                if self.view.where(record.id) is None:
+                    await self._place(record)
+                else:
+                    del self._placed[record.id]
 
     async def _despawn(self, agent: str) -> None:
         if self.map is None:
@@ -264,6 +283,7 @@ class AgentScheduler(Component):
         while True:
             await asyncio.sleep(0.05)
             now = time.time()
+            await self._replace_missing(now)
             for record in list(self.agents.values()):
                 if record.pending_tick is not None and now > record.deadline:
                     self.stats["late"] += 1

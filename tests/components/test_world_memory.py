@@ -304,3 +304,22 @@ async def test_a_gradual_scale_grows_at_its_rate_with_progress_on_the_way(world:
     assert took >= 0.8, f"150 members at 150/s took only {took:.2f} s"
     assert len({c for c in seen if 0 < c < 150}) >= 3, seen  # it was seen growing
     assert seen == sorted(seen)
+
+
+async def test_an_agent_that_leaves_and_comes_back_is_in_the_world_again(world: World) -> None:
+    agent = await agent_bus(world, "homing")
+    try:
+        t = agent.topics
+        obs = await agent.subscribe(t["agent.obs"].build(agent="homing"))
+        state = t["agent.state"].build(agent="homing")
+        await agent.publish(state, AgentState(status="ready"))
+        await next_matching(obs, lambda m: m.payload.location is not None, TIMEOUT)
+        before = await snapshot_where(world, lambda s: s.entities >= 3)  # 2 wanderers + it
+        await agent.publish(state, AgentState(status="offline"))
+        await snapshot_where(world, lambda s: s.entities == before.entities - 1)
+        await agent.publish(state, AgentState(status="ready"))
+        back = await next_matching(obs, lambda m: m.payload.location is not None, TIMEOUT)
+        assert back.payload.agent == "homing"
+        await snapshot_where(world, lambda s: s.entities == before.entities)
+    finally:
+        await agent.close()
