@@ -16,6 +16,8 @@ Both get the same Alembic migrations, applied at open.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -235,22 +237,39 @@ async def open_store(settings: StoreSettings | None = None) -> Store:
         )
     except (ArgumentError, ImportError, OSError, SQLAlchemyError) as exc:
         raise StoreUnavailable(_reason(exc), url=masked) from exc
+    lock: int | None = None
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
+        lock = await asyncio.to_thread(_lock_first_open, url)
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except (OSError, SQLAlchemyError) as exc:
-        await engine.dispose()
-        raise StoreUnavailable(_reason(exc), url=masked) from exc
-    try:
-        async with engine.connect() as connection:
-            await connection.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
-            async with connection.begin():
-                await connection.run_sync(_upgrade)
-    except Exception as exc:  # alembic raises its own errors and the driver's alike
-        await engine.dispose()
-        if isinstance(exc, StoreError):
-            raise
-        raise MigrationFailed(_reason(exc), url=masked) from exc
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except (OSError, SQLAlchemyError) as exc:
+            await engine.dispose()
+            raise StoreUnavailable(_reason(exc), url=masked) from exc
+        try:
+            async with engine.connect() as connection:
+                await connection.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+                async with connection.begin():
+                    await connection.run_sync(_upgrade)
+        except Exception as exc:  # alembic raises its own errors and the driver's alike
+            await engine.dispose()
+            if isinstance(exc, StoreError):
+                raise
+            raise MigrationFailed(_reason(exc), url=masked) from exc
+    finally:
+        if lock is not None:
+            os.close(lock)  # releases the flock
     return Store(engine, masked)
+
+
+def _lock_first_open(url: URL) -> int | None:
+    """Processes opening one SQLite file take turns until it is in WAL mode and migrated:
+    switching a fresh file to WAL needs it alone, and SQLite answers "database is locked" at
+    once (no busy wait) when two connections race for it. A `flock` on `<file>.lock`."""
+    if url.database in (None, "", ":memory:"):
+        return None
+    fd = os.open(f"{Path(url.database).expanduser()}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
