@@ -47,11 +47,11 @@ import random
 import sys
 import time
 import traceback
-from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mesh.checker import Broken, Checker, ObservedStorage
 from mesh.messages import (
     AppendEntries,
     AppendResponse,
@@ -63,7 +63,7 @@ from mesh.messages import (
     VoteResponse,
 )
 from mesh.raft import NotLeader, RaftNode, Role
-from mesh.storage import MemoryStorage, RaftStorage
+from mesh.storage import RaftStorage
 
 __all__ = [
     "ELECTION_TIMEOUT",
@@ -208,134 +208,6 @@ class SimulationFailure(MeshError, AssertionError):
         super().__init__(result.report())
 
 
-class _Broken(Exception):
-    """Raised by the checker inside a run; becomes the result's Violation."""
-
-    def __init__(self, invariant: str, detail: str) -> None:
-        self.invariant = invariant
-        self.detail = detail
-        super().__init__(f"{invariant}: {detail}")
-
-
-class _Checker:
-    """Raft's safety invariants, checked incrementally as the run goes."""
-
-    def __init__(self) -> None:
-        self.leaders: dict[int, str] = {}
-        self.votes: dict[tuple[str, int], str] = {}
-        self.seen: dict[tuple[int, int], tuple[LogEntry, int]] = {}
-        self.committed: list[LogEntry] = []
-        self.commit_term: list[int] = []
-        """Per committed index, the lowest term a node applied it in (non-decreasing)."""
-        self.leader_logs: list[tuple[int, str, tuple[LogEntry, ...]]] = []
-        self.max_leader_term = 0
-        self.applied_upto: dict[str, int] = {}
-
-    def on_leader(self, node: RaftNode) -> None:
-        term = node.term
-        leader = self.leaders.get(term)
-        if leader == node.id:
-            return
-        if leader is not None:
-            raise _Broken("election safety", f"{leader} and {node.id} both lead term {term}")
-        self.leaders[term] = node.id
-        log = tuple(node.log)
-        # Entries committed in an earlier term than this one must all be in its log.
-        for index in range(bisect_left(self.commit_term, term)):
-            entry = self.committed[index]
-            if index >= len(log) or not _same(log[index], entry):
-                raise _Broken(
-                    "leader completeness",
-                    f"{node.id} leads term {term} without committed entry {entry.index} "
-                    f"(term {entry.term}, committed by term {self.commit_term[index]})",
-                )
-        self.leader_logs.append((term, node.id, log))
-        self.max_leader_term = max(self.max_leader_term, term)
-
-    def on_vote(self, voter: str, term: int, candidate: str) -> None:
-        given = self.votes.setdefault((voter, term), candidate)
-        if given != candidate:
-            raise _Broken(
-                "one vote per term", f"{voter} voted for {given} and {candidate} in {term}"
-            )
-
-    def on_append(self, node_id: str, log: Sequence[LogEntry], entries: Sequence[LogEntry]) -> None:
-        seen = self.seen
-        for entry in entries:
-            index = entry.index
-            prev_term = log[index - 2].term if index > 1 else 0
-            known = seen.get((index, entry.term))
-            if known is None:
-                seen[(index, entry.term)] = (entry, prev_term)
-            elif known[1] != prev_term or not _same(known[0], entry):
-                raise _Broken(
-                    "log matching",
-                    f"{node_id} stored entry {index} of term {entry.term} "
-                    f"({dict(entry.command)} after term {prev_term}); another log has "
-                    f"{dict(known[0].command)} after term {known[1]}",
-                )
-
-    def on_applied(self, node_id: str, term: int, entries: Sequence[LogEntry]) -> None:
-        expected = self.applied_upto.get(node_id, 0) + 1
-        committed, commit_term = self.committed, self.commit_term
-        for entry in entries:
-            index = entry.index
-            if index != expected:
-                raise _Broken(
-                    "state machine safety", f"{node_id} applied {index} after {expected - 1}"
-                )
-            expected = index + 1
-            if index <= len(committed):
-                first = committed[index - 1]
-                if not _same(first, entry):
-                    raise _Broken(
-                        "state machine safety",
-                        f"{node_id} applied {dict(entry.command)} (term {entry.term}) at "
-                        f"{index}, where {dict(first.command)} (term {first.term}) was applied",
-                    )
-                if term < commit_term[index - 1]:
-                    commit_term[index - 1] = term
-                    self._in_later_leaders(entry, term)
-            else:
-                committed.append(entry)
-                commit_term.append(term)
-                self._in_later_leaders(entry, term)
-        self.applied_upto[node_id] = expected - 1
-
-    def on_restart(self, node_id: str) -> None:
-        self.applied_upto[node_id] = 0
-
-    def _in_later_leaders(self, entry: LogEntry, term: int) -> None:
-        if self.max_leader_term <= term:
-            return
-        for leader_term, leader, log in self.leader_logs:
-            if leader_term > term and (
-                len(log) < entry.index or not _same(log[entry.index - 1], entry)
-            ):
-                raise _Broken(
-                    "leader completeness",
-                    f"entry {entry.index} (term {entry.term}) committed by term {term} is "
-                    f"not in the log {leader} had when it was elected in term {leader_term}",
-                )
-
-
-def _same(a: LogEntry, b: LogEntry) -> bool:
-    return a is b or (a.term == b.term and a.index == b.index and a.command == b.command)
-
-
-class _ObservedStorage(MemoryStorage):
-    """MemoryStorage that shows the checker every append."""
-
-    def __init__(self, node_id: str, checker: _Checker) -> None:
-        super().__init__()
-        self.node_id = node_id
-        self._checker = checker
-
-    def append(self, entries: Sequence[LogEntry]) -> None:
-        super().append(entries)
-        self._checker.on_append(self.node_id, self._entries, entries)
-
-
 @dataclass
 class _Counters:
     events: int = 0
@@ -367,10 +239,10 @@ class _Run:
         self.client_interval = client_interval
         self.factory = factory
         self.trace = trace
-        self.checker = _Checker()
+        self.checker = Checker()
         self.count = _Counters()
         self.ids = [f"n{i}" for i in range(n)]
-        self.storage = {i: _ObservedStorage(i, self.checker) for i in self.ids}
+        self.storage = {i: ObservedStorage(i, self.checker) for i in self.ids}
         self.nodes: dict[str, RaftNode | None] = dict.fromkeys(self.ids)
         self.group = dict.fromkeys(self.ids, 0)
         self.cut: list[str] = []
@@ -399,7 +271,7 @@ class _Run:
     # -- the event loop -------------------------------------------------------------------
 
     def run(self) -> str | None:
-        """Run to recovery; the liveness failure, if any. Safety violations raise _Broken."""
+        """Run to recovery; the liveness failure, if any. Safety violations raise Broken."""
         heap, nodes, count = self.heap, self.nodes, self.count
         tracing = self.trace is not None
         while heap:
@@ -626,7 +498,7 @@ class _Run:
         """Each node's log is the one in its storage (what a restart would find)."""
         for node_id, node in self.nodes.items():
             if node is not None and tuple(node.log) != self.storage[node_id].entries:
-                raise _Broken("log matching", f"{node_id}'s log differs from its storage")
+                raise Broken("log matching", f"{node_id}'s log differs from its storage")
 
     # -- the trace ------------------------------------------------------------------------
 
@@ -696,7 +568,7 @@ def simulate(
     try:
         liveness = run.run()
         run.final_check()
-    except _Broken as broken:
+    except Broken as broken:
         violation = Violation(broken.invariant, broken.detail, run.now, run.count.events)
         liveness = None
     except Exception as error:  # a node that raises is as broken as one that lies
