@@ -323,3 +323,67 @@ async def test_an_agent_that_leaves_and_comes_back_is_in_the_world_again(world: 
         await snapshot_where(world, lambda s: s.entities == before.entities)
     finally:
         await agent.close()
+
+
+async def test_an_agent_walks_to_a_building_and_claims_it_and_nobody_else_can(
+    root: str, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/world.db"
+    async with small_world(root, url, scheduler_max_speed=200.0) as world:
+        agent = await agent_bus(world, "settler")
+        try:
+            t = agent.topics
+            obs = await agent.subscribe(t["agent.obs"].build(agent="settler"))
+            errors = await agent.subscribe(t["agent.error"].build(agent="settler"))
+            act = t["agent.act"].build(agent="settler")
+            await agent.publish(t["agent.state"].build(agent="settler"), AgentState(status="ready"))
+            o = (await next_matching(
+                obs, lambda m: m.payload.location is not None
+                and m.payload.environment.get("buildings"), TIMEOUT
+            )).payload  # fmt: skip
+            assert o.memory["home"] == o.location.region  # it lives where it was placed
+            target = o.environment["buildings"][0]
+            # too far away: impossible, with the reason
+            far = Action(action="claim", tick=o.tick, params={"building": target["building"]})
+            distance = abs(target["x"] - o.location.x) + abs(target["y"] - o.location.y)
+            if distance > 5:
+                await agent.publish(act, far)
+                e = (await next_matching(errors, lambda m: m.payload.code != "late")).payload
+                assert e.code == "impossible" and "stand at" in e.reason
+                o = (await obs.get(timeout=TIMEOUT)).payload
+            for _ in range(40):  # walk there
+                assert o.location is not None
+                dx, dy = target["x"] - o.location.x, target["y"] - o.location.y
+                if abs(dx) < 1 and abs(dy) < 1:
+                    break
+                speed = min(200.0, (dx * dx + dy * dy) ** 0.5 / 0.1)  # arrive in one cadence
+                step = Action(
+                    action="move", tick=o.tick, params={"dx": dx, "dy": dy, "speed": speed}
+                )
+                await agent.publish(act, step)
+                o = (await obs.get(timeout=TIMEOUT)).payload
+            claim = Action(action="claim", tick=o.tick, params={"building": target["building"]})
+            await agent.publish(act, claim)
+            district, hood, name = target["building"].split("/")
+            buildings = await world.operator.subscribe(
+                t["city.building"].build(world="main", district=district, neighbourhood=hood,
+                                         building=name)
+            )  # fmt: skip
+            owned = await next_matching(buildings, lambda m: m.payload.claimed_by == "settler")
+            assert owned.retain or owned.payload.claimed_at
+        finally:
+            await agent.close()
+        rival = await agent_bus(world, "rival")
+        try:
+            t = rival.topics
+            obs = await rival.subscribe(t["agent.obs"].build(agent="rival"))
+            errors = await rival.subscribe(t["agent.error"].build(agent="rival"))
+            await rival.publish(t["agent.state"].build(agent="rival"), AgentState(status="ready"))
+            o = (await obs.get(timeout=TIMEOUT)).payload
+            taken = Action(action="claim", tick=o.tick, params={"building": target["building"]})
+            await rival.publish(t["agent.act"].build(agent="rival"), taken)
+            # (an observation it let expire meanwhile may be reported late first)
+            e = (await next_matching(errors, lambda m: m.payload.code != "late")).payload
+            assert e.code == "impossible" and "claimed by settler" in e.reason
+        finally:
+            await rival.close()
