@@ -10,6 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "AGENTS_PER_DISTRICT",
+    "AGENT_ANSWERS",
+    "AGENT_OBSERVATIONS",
     "BEHAVIOUR_ERRORS",
     "DILATION",
     "HANDOFFS",
@@ -58,3 +60,11 @@ DILATION = Gauge(
     "mapleverse_time_dilation", "Achieved tick rate / target tick rate (1 = on time)", ["world"]
 )
 TICK_RATE = Gauge("mapleverse_tick_rate", "Achieved ticks per second", ["world"])
+AGENT_OBSERVATIONS = Counter(
+    "mapleverse_agent_observations", "Observations the scheduler sent to agents", ["world"]
+)
+AGENT_ANSWERS = Counter(
+    "mapleverse_agent_answers",
+    "Agents' answers by outcome: answered (applied), late, impossible, malformed",
+    ["world", "outcome"],
+)

@@ -67,18 +67,15 @@ class DistrictServer(Component):
         self.district = District(self.id, load_registry(settings.behaviour_plugins))
         self.store: DistrictStore | None = None
         self.inbox: list[tuple[str, Any]] = []
-        self.wake = asyncio.Event()
         self.accepts: list[tuple[str, str, list[str]]] = []  # (to, batch, ids) to send
         self.publishers: dict[str, tuple[BatchPublisher, BatchPublisher]] = {}
         self.halo_subs: dict[str, asyncio.Task[None]] = {}
-        self.last_snapshot: dict[str, float] = {}
         # parts of each region's last snapshot; a smaller one clears the parts left over
         self.snapshot_parts: dict[str, int] = defaultdict(lambda: MAX_SNAPSHOT_PARTS)
         self.city = City(self)
         self._persisting: asyncio.Task[None] | None = None
         self._persisted = time.monotonic()
         self.devices = Devices(self)
-        self.stepped = asyncio.Event()  # set after every processed tick (tests wait on it)
         self.loaded = asyncio.Event()
         t = self.topics
         self.step_topic = t["world.step"].build(world=self.world, district=self.id)
@@ -138,7 +135,6 @@ class DistrictServer(Component):
     async def _collect(self, name: str, sub: Any) -> None:
         async for msg in sub:
             self.inbox.append((name, msg))
-            self.wake.set()
 
     async def _loop(self, clock: Any) -> None:
         idle = self.settings.district_idle_interval
@@ -158,7 +154,6 @@ class DistrictServer(Component):
         started = time.perf_counter()
         d = self.district
         inbox, self.inbox = self.inbox, []
-        self.wake.clear()
         for name, msg in inbox:
             await self._apply(name, msg)
         errors = 0
@@ -189,8 +184,6 @@ class DistrictServer(Component):
             await self._publish_tick(tick, started, errors)
         elif changed:  # paused, yet owners changed: say so (drains and scales wait on it)
             await self._report(d.tick, started)
-        self.stepped.set()
-        self.stepped = asyncio.Event()
 
     def _restore_journal(self, journal: Any) -> None:
         d = self.district
@@ -439,7 +432,6 @@ class DistrictServer(Component):
                 topic.build(world=self.world, region=region_id, part=str(stale))
             )
         self.snapshot_parts[region_id] = parts
-        self.last_snapshot[region_id] = now
         if isinstance(tick, Tick):
             metrics.REGION_SYNC_LAG.labels(self.world, region_id).set(max(0.0, now - tick.sent))
 

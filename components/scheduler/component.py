@@ -35,6 +35,7 @@ from components.scheduler.hosted import HOSTED, HostedAgent
 from components.scheduler.settings import SchedulerSettings
 from components.scheduler.view import WorldView
 from store import Store, StoreError, StoreSettings, open_store
+from world import metrics
 from world.city import building_key
 from world.geometry import RegionIndex
 from world.payloads import (
@@ -72,7 +73,11 @@ class AgentScheduler(Component):
         self._placed: dict[str, float] = {}  # agents placed, not yet seen in the world: when
         self._last_check = 0.0
         self.db: Store | None = None
-        self.stats = {"observations": 0, "answers": 0, "late": 0, "impossible": 0, "malformed": 0}
+        self._outcomes = {
+            outcome: metrics.AGENT_ANSWERS.labels(self.world, outcome)
+            for outcome in ("answered", "late", "impossible", "malformed")
+        }
+        self._observations = metrics.AGENT_OBSERVATIONS.labels(self.world)
 
     # -- wiring ------------------------------------------------------------------------------
     async def main(self, bus: Bus) -> None:
@@ -157,7 +162,7 @@ class AgentScheduler(Component):
         elif name == "dlq" and isinstance(p, DeadLetter):
             parsed = self.topics["agent.act"].parse(p.topic)
             if parsed is not None and parsed["agent"] in self.agents:
-                self.stats["malformed"] += 1
+                self._outcomes["malformed"].inc()
                 await self._fail(self.agents[parsed["agent"]], "malformed", p.reason)
         elif name == "city" and isinstance(p, Building):
             self.buildings[building_key(p)] = p
@@ -254,7 +259,7 @@ class AgentScheduler(Component):
             )  # fmt: skip
             record.pending_tick = tick.tick
             record.deadline = now + s.scheduler_deadline
-            self.stats["observations"] += 1
+            self._observations.inc()
             await self.bus.publish(self.topics["agent.obs"].build(agent=record.id), obs)
             hosted = self.hosted.get(record.id)
             if hosted is not None:
@@ -286,7 +291,7 @@ class AgentScheduler(Component):
             await self._replace_missing(now)
             for record in list(self.agents.values()):
                 if record.pending_tick is not None and now > record.deadline:
-                    self.stats["late"] += 1
+                    self._outcomes["late"].inc()
                     await self._fail(
                         record,
                         "late",
@@ -308,7 +313,7 @@ class AgentScheduler(Component):
             return
         pending = record.pending_tick
         if pending is None or (action.tick is not None and action.tick != pending):
-            self.stats["late"] += 1
+            self._outcomes["late"].inc()
             asked = f"tick {action.tick}" if action.tick is not None else "an observation"
             error = AgentError(
                 tick=self.tick, code="late", applied="none",
@@ -320,12 +325,12 @@ class AgentScheduler(Component):
         if isinstance(result, Effect) and result.action == "claim":
             result = self._claimable(record, result)
         if isinstance(result, Rejected):
-            self.stats["impossible"] += 1
+            self._outcomes["impossible"].inc()
             await self._fail(record, result.code, result.reason)
             return
         record.pending_tick = None
         record.answered += 1
-        self.stats["answers"] += 1
+        self._outcomes["answered"].inc()
         record.memory.append({"tick": pending, "action": action.action, "ok": True})
         remember = action.params.get("remember")
         if isinstance(remember, dict):
@@ -420,10 +425,3 @@ class AgentScheduler(Component):
             self.topics["world.control"].build(world=self.world, district=district),
             DistrictControl(op="steer", entities=entities),
         )
-
-    def describe_agents(self) -> list[dict[str, Any]]:
-        return [
-            {"id": r.id, "hosted": r.hosted or None, "answered": r.answered, "errors": r.errors,
-             "position": self.view.where(r.id)}
-            for r in sorted(self.agents.values(), key=lambda r: r.id)
-        ]  # fmt: skip

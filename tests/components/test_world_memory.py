@@ -259,6 +259,8 @@ async def test_the_world_metrics_are_exported_with_the_seed_names(world: World) 
         'mapleverse_time_dilation{world="main"}',
         'mapleverse_agents_per_district{district="d1",world="main"}',
         "mapleverse_handoff_latency_seconds_bucket{",
+        'mapleverse_agent_observations_total{world="main"}',
+        'mapleverse_agent_answers_total{outcome="answered",world="main"}',  # hosted agents
     ):
         assert name in text, f"{name} missing from /metrics"
 
