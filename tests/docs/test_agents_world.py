@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,7 +33,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from brokers import KINDS, BrokerHandle, start_broker
+from brokers import BrokerHandle
+from docs_support import environment, run_example
 from helpers import next_matching
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -52,23 +52,6 @@ NODE = REPO / "tests" / "node"
 MQTTJS = NODE / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
 TIMEOUT = 20.0
 OBSERVATIONS = 10  # answered by an agent before it leaves
-
-# A small user pool: hashing hundreds of users is most of a broker's start-up.
-POOL = {"component": 30, "agent": 10, "operator": 10}
-
-
-@pytest.fixture(
-    scope="module",
-    params=[pytest.param(kind, marks=KINDS[kind].marks) for kind in ("amqtt", "mosquitto")],
-)
-def world_broker(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BrokerHandle]:
-    handle = start_broker(
-        request.param, tmp_path_factory.mktemp(f"world-{request.param}"), pool_sizes=POOL
-    )
-    yield handle
-    handle.close()
 
 
 def required(what: str, found: object, hint: str) -> None:
@@ -185,47 +168,17 @@ async def answered(
 # -- the paho-mqtt agent -----------------------------------------------------------------------
 
 
-def agent_environment(handle: BrokerHandle, root: str) -> dict[str, str]:
-    """MAPLEVERSE_* of a fresh agent user, as docs/agents.md tells a reader to set them."""
-    username, password = handle.user("agent")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
-    env.update(
-        MAPLEVERSE_HOST=handle.host,
-        MAPLEVERSE_PORT=str(handle.port),
-        MAPLEVERSE_USERNAME=username,
-        MAPLEVERSE_PASSWORD=password,
-        MAPLEVERSE_ROOT=root,
-    )
-    return env
-
-
-async def run_paho_agent(env: dict[str, str], *args: str) -> str:
-    """docs/examples/paho_agent.py run to its end; its stdout (stderr in the failure message)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "paho_agent.py"), *args,
-        env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, f"paho_agent.py exited with {proc.returncode}:\n{err.decode()}"
-    return out.decode()
-
-
 async def test_paho_agent_joins_the_world_walks_hears_its_errors_and_leaves(
-    world_broker: BrokerHandle, root: str, tmp_path: Path
+    docs_broker: BrokerHandle, root: str, tmp_path: Path
 ) -> None:
-    env = agent_environment(world_broker, root)
+    env = environment(docs_broker, root, "agent")
     agent = env["MAPLEVERSE_USERNAME"]
-    async with running_world(world_broker, root, tmp_path) as bus:
+    async with running_world(docs_broker, root, tmp_path) as bus:
         t = bus.topics
         states = await bus.subscribe(t.agent.state(agent=agent))
         sent = await bus.subscribe(t.agent.obs(agent=agent))
         acts = await bus.subscribe(t.agent.act(agent=agent))
-        run = asyncio.create_task(run_paho_agent(env, "--max-obs", str(OBSERVATIONS)))
+        run = asyncio.create_task(run_example("paho_agent.py", env, "--max-obs", str(OBSERVATIONS)))
         ready = await next_matching(states, lambda m: m.payload.status == "ready", TIMEOUT)
         assert ready.envelope.sender == agent
         observations, answers = await answered(sent, acts, agent, 1)
@@ -250,7 +203,7 @@ async def test_paho_agent_joins_the_world_walks_hears_its_errors_and_leaves(
     assert len(errors) == 1, out  # the stale answer's; its real answers were all in time
     assert f": late: the answer to tick {stale} came after" in errors[0]
     assert errors[0].endswith("(none applied)")
-    last = await last_state(world_broker, root, agent)
+    last = await last_state(docs_broker, root, agent)
     assert last.retain and isinstance(last.payload, AgentState)
     assert last.payload.status == "offline" and last.envelope.sender == agent
 
@@ -433,22 +386,22 @@ def page_url(pages: str, handle: BrokerHandle, agent: str, root: str) -> str:
     return f"{pages}/browser_agent.html?{urlencode(query)}"
 
 
-@pytest.mark.parametrize("world_broker", ["amqtt"], indirect=True)  # the one with ws
+@pytest.mark.parametrize("docs_broker", ["amqtt"], indirect=True)  # the one with ws
 async def test_browser_agent_answers_the_worlds_observations_over_websocket(
-    world_broker: BrokerHandle, root: str, tmp_path: Path, pages: str
+    docs_broker: BrokerHandle, root: str, tmp_path: Path, pages: str
 ) -> None:
     browser_binary = chromium_binary()
     required("tests/node/node_modules/mqtt", MQTTJS.exists(), "npm ci --prefix tests/node")
-    agent, password = world_broker.user("agent")
+    agent, password = docs_broker.user("agent")
     async with (
-        running_world(world_broker, root, tmp_path) as bus,
+        running_world(docs_broker, root, tmp_path) as bus,
         chromium(browser_binary, tmp_path) as browser,
     ):
         t = bus.topics
         states = await bus.subscribe(t.agent.state(agent=agent))
         sent = await bus.subscribe(t.agent.obs(agent=agent))
         acts = await bus.subscribe(t.agent.act(agent=agent))
-        page = await browser.open(page_url(pages, world_broker, agent, root))
+        page = await browser.open(page_url(pages, docs_broker, agent, root))
         assert await page.run("document.querySelector('#agent').value") == agent
         # The password is typed into the form, never put in the URL.
         await page.run(
@@ -479,19 +432,19 @@ async def test_browser_agent_answers_the_worlds_observations_over_websocket(
         await page.run("document.querySelector('#leave').click(); true")
         await next_matching(states, lambda m: m.payload.status == "offline", TIMEOUT)
         await world_where(bus, lambda s: s.entities == 0)  # it left: despawned
-    last = await last_state(world_broker, root, agent)
+    last = await last_state(docs_broker, root, agent)
     assert last.retain and last.payload.status == "offline" and last.envelope.sender == agent
 
 
-@pytest.mark.parametrize("world_broker", ["amqtt"], indirect=True)
+@pytest.mark.parametrize("docs_broker", ["amqtt"], indirect=True)
 async def test_browser_agent_with_a_wrong_password_says_so(
-    world_broker: BrokerHandle, root: str, tmp_path: Path, pages: str
+    docs_broker: BrokerHandle, root: str, tmp_path: Path, pages: str
 ) -> None:
     browser_binary = chromium_binary()
     required("tests/node/node_modules/mqtt", MQTTJS.exists(), "npm ci --prefix tests/node")
-    agent, _ = world_broker.user("agent")
+    agent, _ = docs_broker.user("agent")
     async with chromium(browser_binary, tmp_path) as browser:
-        page = await browser.open(page_url(pages, world_broker, agent, root))
+        page = await browser.open(page_url(pages, docs_broker, agent, root))
         await page.run(
             "window.statuses = []; window.refused = new Promise(resolve => "
             "document.addEventListener('mapleverse:status', e => { statuses.push(e.detail);"

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from brokers import KINDS, BrokerHandle, start_broker
+from brokers import BrokerHandle
+from docs_support import EXAMPLES, bus_settings, environment, run_example
 
 from broker.settings import BrokerSettings
 from bus import Bus, BusSettings
@@ -33,66 +33,7 @@ from components.swarm import SwarmSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-EXAMPLES = DOCS / "examples"
 TIMEOUT = 20.0
-
-# A small user pool: hashing hundreds of users is most of a broker's start-up.
-POOL = {"component": 20, "agent": 10, "device": 2, "operator": 20}
-
-
-@pytest.fixture(
-    scope="module",
-    params=[pytest.param(kind, marks=KINDS[kind].marks) for kind in ("amqtt", "mosquitto")],
-)
-def docs_broker(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BrokerHandle]:
-    handle = start_broker(
-        request.param, tmp_path_factory.mktemp(f"docs-{request.param}"), pool_sizes=POOL
-    )
-    yield handle
-    handle.close()
-
-
-def environment(handle: BrokerHandle, root: str, role: str) -> dict[str, str]:
-    """MAPLEVERSE_* of a fresh user of `role`, as the docs tell a reader to set them."""
-    username, password = handle.user(role)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAPLEVERSE_")}
-    env.update(
-        MAPLEVERSE_HOST=handle.host,
-        MAPLEVERSE_PORT=str(handle.port),
-        MAPLEVERSE_USERNAME=username,
-        MAPLEVERSE_PASSWORD=password,
-        MAPLEVERSE_ROOT=root,
-    )
-    return env
-
-
-def bus_settings(env: dict[str, str]) -> BusSettings:
-    return BusSettings(
-        host=env["MAPLEVERSE_HOST"],
-        port=int(env["MAPLEVERSE_PORT"]),
-        username=env["MAPLEVERSE_USERNAME"],
-        password=env["MAPLEVERSE_PASSWORD"],
-        root=env["MAPLEVERSE_ROOT"],
-        clean_session=True,
-    )
-
-
-async def run_example(name: str, env: dict[str, str], *args: str, code: int = 0) -> str:
-    """Run docs/examples/NAME to its end; its stdout (stderr in the failure message)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / name), *args,
-        env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == code, f"{name} exited with {proc.returncode}:\n{err.decode()}"
-    return out.decode()
 
 
 @contextlib.asynccontextmanager
