@@ -41,7 +41,6 @@ from world.payloads import (
     DistrictControl,
     Handoff,
     RegionMap,
-    RegionSnapshot,
     StepReport,
     SwarmSpec,
     Tick,
@@ -402,7 +401,13 @@ class DistrictServer(Component):
         return pair
 
     async def _snapshot_region(self, region_id: str, rows: Any, tick: Tick | int) -> None:
+        """Publish a region's retained snapshot in parts of `SNAPSHOT_PART` entities.
+
+        Hot path (every N ticks, every entity): the parts are built as plain dicts over numpy
+        columns and encoded by orjson, not through `RegionSnapshot` (3x slower at 10k); the
+        tests validate what arrives against the model."""
         d = self.district
+        table = d.table
         number = tick.tick if isinstance(tick, Tick) else tick
         region = next(r for r in d.own if r.id == region_id)
         now = time.time()
@@ -410,22 +415,41 @@ class DistrictServer(Component):
         rows = np.asarray(rows, dtype=np.intp)
         parts = max(1, -(-len(rows) // chunk))
         topic = self.topics["region.snapshot"]
+        qos = int(topic.qos)
+        # one contiguous array per column: orjson encodes only C-contiguous numpy arrays
+        x, y = np.round(table.pos[rows], 3).T.copy()
+        vx, vy = np.round(table.vel[rows], 3).T.copy()
+        ov = table.ov[rows]
+        ids = [table.ids[i] for i in rows.tolist()]
+        swarms = [table.swarms[g] for g in table.group[rows].tolist()]
+        head = {
+            "world": self.world,
+            "region": region_id,
+            "district": self.id,
+            "bounds": region.bounds.model_dump(),
+            "tick": number,
+            "version": number,
+            "synced": now,
+            "parts": parts,
+            "total": len(rows),
+        }
         for part in range(parts):
-            snapshot = RegionSnapshot(
-                world=self.world,
-                region=region_id,
-                district=self.id,
-                bounds=region.bounds,
-                tick=number,
-                version=number,
-                synced=now,
-                part=part,
-                parts=parts,
-                total=len(rows),
-                entities=d.table.columns(rows[part * chunk : (part + 1) * chunk]),
-            )
-            await self.bus.publish(
-                topic.build(world=self.world, region=region_id, part=str(part)), snapshot
+            cut = slice(part * chunk, (part + 1) * chunk)
+            entities = {
+                "id": ids[cut],
+                "x": x[cut],
+                "y": y[cut],
+                "vx": vx[cut],
+                "vy": vy[cut],
+                "swarm": swarms[cut],
+                "ov": ov[cut],
+            }
+            data = self.bus.encode({**head, "part": part, "entities": entities})
+            await self.bus.publish_bytes(
+                str(topic.build(world=self.world, region=region_id, part=str(part))),
+                data,
+                qos,
+                True,
             )
         for stale in range(parts, self.snapshot_parts.get(region_id, 0)):
             await self.bus.clear_retained(

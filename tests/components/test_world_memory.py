@@ -45,6 +45,41 @@ async def test_a_created_swarm_reaches_its_size_across_both_districts(world: Wor
     assert status["agents"] == 300 and set(status["districts"]) == {"d1", "d2"}
 
 
+async def test_a_region_snapshot_holds_every_entity_of_its_region_in_parts(
+    world: World,
+) -> None:
+    """A late joiner reads a region whole from its retained parts (`.../snapshot/+`)."""
+    assert (await world.call("swarm", "create", name="gnats", behaviour="drift", size=1200)).ok
+    snap = await snapshot_where(world, lambda s: s.entities >= 1200)
+    region = max(snap.regions, key=lambda r: r.entities)
+    op = world.operator
+    pattern = op.topics["region.snapshot"].build(world="main", region=region.id, part="+")
+    sub = await op.subscribe(pattern)
+    by_tick: dict[int, dict[int, Any]] = {}
+    try:  # the parts of one snapshot share its tick; wait until one tick has all of them
+        while True:
+            msg = await sub.get(TIMEOUT)
+            part = msg.payload
+            got = by_tick.setdefault(part.tick, {})
+            got[part.part] = part
+            if len(got) == part.parts:
+                break
+    finally:
+        await sub.close()
+    parts = [got[i] for i in range(len(got))]
+    assert len(parts) >= 2  # more than SNAPSHOT_PART entities: it really is split
+    ids = [i for p in parts for i in p.entities.id]
+    assert len(ids) == len(set(ids)) == parts[0].total
+    assert {p.region for p in parts} == {region.id} and {p.parts for p in parts} == {len(parts)}
+    b = parts[0].bounds
+    xs = [x for p in parts for x in p.entities.x]
+    ys = [y for p in parts for y in p.entities.y]
+    assert all(b.x0 <= x <= b.x1 for x in xs) and all(b.y0 <= y <= b.y1 for y in ys)
+    swarms = [s for p in parts for s in p.entities.swarm]
+    gnats = [i for i, s in zip(ids, swarms, strict=True) if s == "gnats"]
+    assert len(gnats) > 500 and all(i.startswith("gnats") for i in gnats)
+
+
 async def test_unknown_swarm_and_region_get_clear_errors(world: World) -> None:
     reply = await world.call("swarm", "scale", name="nope", target=3)
     assert not reply.ok and "unknown swarm 'nope'" in reply.error
