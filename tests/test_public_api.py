@@ -21,6 +21,7 @@ PACKAGES = [
     "components.router",
     "components.scheduler",
     "components.swarm",
+    "mafia",
     "mesh",
     "store",
 ]
