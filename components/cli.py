@@ -7,6 +7,7 @@ mapleverse status [--watch]    the live table from the retained statuses
 mapleverse ping                a request/reply round trip through the echo service
 mapleverse topics list|asyncapi|generate|check
 mapleverse swarm|world|region ...   the world's operations (components/operations.py)
+mapleverse mesh|mafia ...      the mesh's control plane and its game (components/mesh_operations.py)
 """
 
 from __future__ import annotations
@@ -27,20 +28,25 @@ __all__ = ["main"]
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _operator_settings(args: argparse.Namespace) -> BusSettings:
-    """Operator credentials: MAPLEVERSE_* variables, else those `mapleverse up` wrote."""
+def _operator_settings(
+    args: argparse.Namespace, user: tuple[str, str] | None = None
+) -> BusSettings:
+    """Operator credentials: MAPLEVERSE_* variables, else those `mapleverse up` wrote; or, with
+    `user`, that user's (an agent's) on the same broker."""
     overrides: dict[str, object] = {}
+    if user is not None:
+        overrides.update(username=user[0], password=user[1])
     if not os.environ.get("MAPLEVERSE_USERNAME"):
         from components.supervisor import read_credentials
 
         creds = read_credentials(Path(args.state_dir))
         if creds is not None:
-            overrides.update(
-                host=creds["host"],
-                port=creds["port"],
-                username=creds["operator"]["username"],
-                password=creds["operator"]["password"],
-            )
+            overrides.update(host=creds["host"], port=creds["port"])
+            if user is None:
+                overrides.update(
+                    username=creds["operator"]["username"],
+                    password=creds["operator"]["password"],
+                )
     overrides["client_id"] = None
     overrides["clean_session"] = True
     return load_settings(BusSettings, **overrides)
@@ -233,9 +239,11 @@ def _parser() -> argparse.ArgumentParser:
         "--role", default="agent", choices=["agent", "device", "operator", "component"]
     )
     users.add_argument("--password", help="default: a random one, printed")
+    from components.mesh_operations import add_parsers as add_mesh_parsers
     from components.operations import add_parsers
 
     add_parsers(sub)
+    add_mesh_parsers(sub)
     topics = sub.add_parser("topics", help="the declared topic tree")
     topics.add_argument("action", choices=["list", "asyncapi", "generate", "check"])
     topics.add_argument("--output", "-o", help="asyncapi: write to this file")
@@ -277,6 +285,14 @@ def main(argv: list[str] | None = None) -> int:
             from components.operations import run
 
             return asyncio.run(run(args, _operator_settings(args)))
+        if args.command in ("mesh", "mafia"):
+            from components.mesh_operations import run as run_mesh
+
+            user = None
+            if args.command == "mafia" and args.play:  # a person plays as their agent
+                password = args.password or os.environ.get("MAPLEVERSE_PASSWORD", "")
+                user = (args.player or "", password)
+            return asyncio.run(run_mesh(args, _operator_settings(args, user)))
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"mapleverse {args.command}: {problem}", file=sys.stderr)

@@ -14,6 +14,8 @@ COMPONENTS: dict[str, str] = {
     "district": "components.district:DistrictServer",
     "echo": "components.echo:EchoService",
     "health": "components.health:HealthMonitor",
+    "mesh-manager": "components.mesh_manager:MeshManager",
+    "mesh-worker": "components.mesh_worker:MeshWorker",
     "orchestrator": "components.orchestrator:Orchestrator",
     "router": "components.router:EventRouter",
     "scheduler": "components.scheduler:AgentScheduler",
@@ -31,6 +33,10 @@ DEFAULT_UP: tuple[str, ...] = (
     "swarm",
     "scheduler",
     "router",
+    "mesh-manager:m1",
+    "mesh-manager:m2",
+    "mesh-manager:m3",
+    "mesh-worker:w1",
 )
 
 

@@ -79,10 +79,11 @@ class Store:
         async with self.session() as session:
             return await fn(session, *args)
 
-    async def _finish(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run one helper's transaction to its end even if the caller is cancelled meanwhile
-        (a component stopping): a write is then either committed or never started, and
-        `close()` waits for it, so no driver thread answers into a closed event loop."""
+    async def finish(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run one transaction (a helper's, or a caller's own) to its end even if the caller
+        is cancelled meanwhile (a component stopping): a write is then either committed or
+        never started, and `close()` waits for it, so no driver thread answers into a closed
+        event loop."""
         task = asyncio.get_running_loop().create_task(work)
         self._ops.add(task)
         task.add_done_callback(self._ops.discard)
@@ -108,11 +109,11 @@ class Store:
 
     async def get_snapshot(self, owner_kind: str, owner_id: str, key: str) -> Snapshot | None:
         """The snapshot under (owner_kind, owner_id, key), or None."""
-        return await self._finish(self._in_session(models.get_snapshot, owner_kind, owner_id, key))
+        return await self.finish(self._in_session(models.get_snapshot, owner_kind, owner_id, key))
 
     async def list_snapshots(self, owner_kind: str, owner_id: str | None = None) -> list[Snapshot]:
         """Every snapshot of an owner kind (or one owner), ordered by owner id then key."""
-        return await self._finish(self._in_session(models.list_snapshots, owner_kind, owner_id))
+        return await self.finish(self._in_session(models.list_snapshots, owner_kind, owner_id))
 
     async def put_snapshot(
         self,
@@ -123,7 +124,7 @@ class Store:
         expected_version: int | None = None,
     ) -> int:
         """Store `payload`, return the new version; a stale expected_version: VersionConflict."""
-        return await self._finish(
+        return await self.finish(
             self._in_session(
                 models.put_snapshot, owner_kind, owner_id, key, payload, expected_version
             )
@@ -134,7 +135,7 @@ class Store:
 
         One statement in its own transaction on a plain connection (no ORM session, no
         savepoint): the hot path of journals and replicated logs."""
-        return await self._finish(self._append(stream, term, payload))
+        return await self.finish(self._append(stream, term, payload))
 
     async def _append(self, stream: str, term: int, payload: JsonObject) -> int:
         stmt = models.append_statement(stream, term, payload)
@@ -154,15 +155,15 @@ class Store:
         self, stream: str, from_index: int = 1, limit: int | None = None
     ) -> list[LogEntry]:
         """Entries of `stream` from `from_index` on, in index order (at most `limit`)."""
-        return await self._finish(self._in_session(models.read, stream, from_index, limit))
+        return await self.finish(self._in_session(models.read, stream, from_index, limit))
 
     async def compact(self, stream: str, before: int) -> int:
         """Drop entries of `stream` below index `before` (kept in a snapshot); how many."""
-        return await self._finish(self._in_session(models.compact, stream, before))
+        return await self.finish(self._in_session(models.compact, stream, before))
 
     async def last_index(self, stream: str) -> int:
         """The last index of `stream` (0 when empty)."""
-        return await self._finish(self._in_session(models.last_index, stream))
+        return await self.finish(self._in_session(models.last_index, stream))
 
 
 def _json_dumps(value: Any) -> str:

@@ -8,6 +8,7 @@ Hierarchy::
     ├── QueryFailed         a statement failed (constraint, bad SQL, lost transaction)
     │   └── LogConflict     another writer took the next index of a log stream
     ├── VersionConflict     a snapshot write named a stale expected_version
+    ├── Fenced              a mesh write whose fencing token is below the highest seen
     └── CacheError          the cache (Redis) failed or cannot be reached
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "CacheError",
+    "Fenced",
     "LogConflict",
     "MigrationFailed",
     "QueryFailed",
@@ -84,6 +86,20 @@ class VersionConflict(StoreError):
         self.key = key
         self.expected = expected
         self.actual = actual
+
+
+class Fenced(StoreError):
+    """A mesh write carried a fencing token (the writer's Raft term) lower than `highest`, the
+    highest this mesh has seen: its writer was deposed, and nothing of the write was stored."""
+
+    def __init__(self, mesh: str, *, token: int, highest: int, url: str = "") -> None:
+        super().__init__(
+            f"mesh {mesh!r}: write with fencing token {token} refused, the store has seen {highest}",
+            url=url,
+        )
+        self.mesh = mesh
+        self.token = token
+        self.highest = highest
 
 
 class CacheError(StoreError):

@@ -4,6 +4,9 @@
   agent), one row per (owner_kind, owner_id, key), with a version for optimistic concurrency.
 - `log_entries`: append-only numbered streams (the mesh's committed log): (stream, index) is
   unique, indexes start at 1 and have no gaps when one owner appends.
+- `mesh_fences` and `mesh_records`: what a mesh leader writes for the whole mesh, fenced by its
+  Raft term (one `mesh_fences` row per mesh holds the highest token seen); the queries are in
+  `components.mesh_manager.store`.
 
 The query functions take an `AsyncSession` so a caller can group several in one transaction;
 `Store` offers each of them in a transaction of its own.
@@ -43,6 +46,8 @@ __all__ = [
     "JsonObject",
     "LogEntry",
     "LogEntryRow",
+    "MeshFenceRow",
+    "MeshRecordRow",
     "Snapshot",
     "SnapshotRow",
     "append",
@@ -113,6 +118,26 @@ class LogEntryRow(Base):
     index: Mapped[int] = mapped_column(Integer)
     term: Mapped[int] = mapped_column(Integer)
     payload: Mapped[JsonObject] = mapped_column(JSON_TYPE)
+
+
+class MeshFenceRow(Base):
+    __tablename__ = "mesh_fences"
+
+    mesh: Mapped[str] = mapped_column(String(255), primary_key=True)
+    token: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class MeshRecordRow(Base):
+    __tablename__ = "mesh_records"
+    __table_args__ = (PrimaryKeyConstraint("mesh", "key"),)
+
+    mesh: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    token: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[JsonObject] = mapped_column(JSON_TYPE)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,3 +158,31 @@ def test_will_on_a_forbidden_topic_is_dropped(
     good.drop()
     assert operator.expect(good_topic).payload == b"gone"
     assert operator.received(f"{root}/agent/{bob_name}/state") == []
+
+
+def test_a_mafia_player_reads_only_its_own_role_and_acts_only_as_itself(
+    broker: BrokerHandle, root: str, probes: list[MqttProbe]
+) -> None:
+    """Roles are secret by the broker, not by politeness (mesh.md, "The Mafia game")."""
+    broker.require(Cap.ACL)
+    component = _connect(broker, "component", probes)
+    alice = _connect(broker, "agent", probes)
+    bob_name, _ = broker.user("agent")
+    game = f"{root}/mesh/m/game/g1"
+    bobs, alices = f"{game}/player/{bob_name}", f"{game}/player/{alice.username}"
+    component.publish(bobs, b"bob is the detective", retain=True)
+    component.publish(alices, b"alice is a villager", retain=True)
+    granted = alice.subscribe(f"{game}/player/+")
+    if Cap.SUBACK_REFUSAL in broker.capabilities:
+        assert granted == SUBACK_FAILURE
+    granted = alice.subscribe(bobs)
+    if Cap.SUBACK_REFUSAL in broker.capabilities:
+        assert granted == SUBACK_FAILURE
+    assert alice.subscribe(alices) == 1
+    assert alice.expect(alices).payload == b"alice is a villager"
+    assert [m.topic for m in alice.messages if m.topic != alices] == []
+    assert component.subscribe(f"{game}/act/+") == 1
+    alice.publish(f"{game}/act/{bob_name}", b"vote as bob")
+    alice.publish(f"{game}/act/{alice.username}", b"vote as alice")
+    assert component.expect(f"{game}/act/{alice.username}").payload == b"vote as alice"
+    assert component.received(f"{game}/act/{bob_name}") == []

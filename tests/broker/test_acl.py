@@ -155,6 +155,10 @@ def test_acl_file_layout(acl: Acl) -> None:
         "pattern read mv/world/+/region/+/snapshot/+",
         "pattern read mv/world/+/city/+/+/+",
         "pattern read mv/swarm/+/status",
+        "pattern read mv/mesh/+/game/+/events",
+        "pattern read mv/mesh/+/game/+/state",
+        "pattern read mv/mesh/+/game/+/player/%u",
+        "pattern write mv/mesh/+/game/+/act/%u",
     ]
     assert "user alice" not in body  # an agent has exactly the pattern grants
     sections = "\n".join(body)

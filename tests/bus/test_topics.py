@@ -271,8 +271,16 @@ def test_agent_acl_is_its_own_topics_and_the_health_summary(tree: TopicTree) -> 
         ("read", "mv/agent/%u/state"),
         ("write", "mv/agent/%u/telemetry"),
     }
-    # beyond its own topics: reading the health summary and the public state of the world
-    public = {pattern for access, pattern in rules - own if access == "read"}
+    # a game's player: its own secret view, and its own actions only
+    game = {(access, pattern) for access, pattern in rules if "/game/" in pattern}
+    assert game == {
+        ("read", "mv/mesh/+/game/+/events"),
+        ("read", "mv/mesh/+/game/+/state"),
+        ("read", "mv/mesh/+/game/+/player/%u"),
+        ("write", "mv/mesh/+/game/+/act/%u"),
+    }
+    # beyond those: reading the health summary and the public state of the world
+    public = {pattern for access, pattern in rules - own - game if access == "read"}
     assert public == {
         "mv/sys/health",
         "mv/world/+/snapshot",
@@ -282,7 +290,7 @@ def test_agent_acl_is_its_own_topics_and_the_health_summary(tree: TopicTree) -> 
         "mv/world/+/city/+/+/+",
         "mv/swarm/+/status",
     }
-    assert not {pattern for access, pattern in rules - own if access == "write"}
+    assert not {pattern for access, pattern in rules - own - game if access == "write"}
     for _, pattern in rules:
         assert "#" not in pattern
 

@@ -53,7 +53,7 @@ class StoreContract:
         finally:
             await db.close()
         assert {"snapshots", "log_entries", "alembic_version"} <= tables
-        assert head == "0001"
+        assert head == "0002"
         assert drift == [], "the migrations and store.models disagree"
 
     async def test_a_second_open_changes_nothing(self, db_url: str) -> None:
@@ -67,7 +67,7 @@ class StoreContract:
             snap = await db.get_snapshot("region", "r1", "state")
         finally:
             await db.close()
-        assert [tuple(h) for h in heads] == [("0001",)]
+        assert [tuple(h) for h in heads] == [("0002",)]
         assert snap is not None and snap.payload == {"tick": 7} and snap.version == 1
 
     async def test_processes_opening_one_fresh_database_at_once_all_succeed(

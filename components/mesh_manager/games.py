@@ -1,0 +1,320 @@
+"""The Mafia game on a mesh: the game's state lives in the replicated log, the leader runs it.
+
+Every command of a game (start, say, vote, kill, protect, inspect, advance) is a log entry
+`{"op": "game", "game": ID, "command": {...}}`; each manager applies it with `mafia.Game`, so
+every manager holds the same game, and a new leader after a failover carries on from it.
+
+The leader is the game master:
+
+* it takes players' actions on `mesh/{m}/game/{g}/act/{agent}` (the broker lets only `agent`
+  publish there, so nobody acts as someone else) and proposes them; an action the rules refuse
+  is answered on the player's own retained topic and changes nothing;
+* it publishes the public events on `.../events`, the public state on `.../state` (retained)
+  and each player's secret view (its role, the detective's findings, its last reply) on
+  `.../player/{agent}` (retained, readable by that agent alone);
+* it ends a phase when everyone who must act has acted or its timer runs out;
+* it plays the bots (hosted players), which go through the same rules as anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bus import BusError, Message, Subscription
+from mafia import NAMES, Applied, Bot, Event, Game, Phase, tell
+from mesh import Role
+from mesh.payloads import GameEvent, GameState, PlayerView
+
+if TYPE_CHECKING:
+    from components.mesh_manager.component import MeshManager
+
+__all__ = ["GameMaster", "mafia_rules"]
+
+ACTIONS = ("say", "vote", "kill", "protect", "inspect")
+
+
+def mafia_rules(
+    state: dict[str, Any] | None, command: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Apply one game command to a game's state (None: no game yet); deterministic."""
+    inner = command.get("command")
+    if not isinstance(inner, Mapping):
+        return None, {"ok": False, "error": "a game command needs a 'command' object"}
+    if state is None and inner.get("op") != "start":
+        return None, {"ok": False, "error": f"no game {command.get('game')!r}"}
+    game = Game() if state is None else Game.from_dict(state["rules"])
+    outcome = game.apply(inner)
+    if not isinstance(outcome, Applied):
+        return None, {"ok": False, "error": outcome.reason}
+    bots = list(command.get("bots", [])) if state is None else list(state["bots"])
+    new = {"rules": game.to_dict(), "bots": bots}
+    return new, {"ok": True, "events": [e.to_dict() for e in outcome.events]}
+
+
+class GameMaster:
+    """The games of one manager's mesh; acts while that manager leads."""
+
+    def __init__(self, manager: MeshManager) -> None:
+        self.manager = manager
+        self.mesh = manager.mesh
+        self.topics = manager.topics
+        self._phase_started: dict[tuple[str, str, int], float] = {}
+        self._bots_done: set[tuple[str, str, int]] = set()
+        self._bots: dict[str, dict[str, Bot]] = {}
+        self._advancing: set[tuple[str, str, int]] = set()
+        self._seen: dict[str, int] = {}  # game -> the last event seq its bots observed
+        self.wake = asyncio.Event()
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def start(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`mafia-start`: a new game of `players` (a count, bots filling the seats of no
+        `humans`), or a list of names; phase lengths in seconds."""
+        game_id = str(args.get("game") or f"g{uuid.uuid4().hex[:8]}")
+        humans = [str(h) for h in args.get("humans", [])]
+        count = int(args.get("players", 12))
+        if count < len(humans):
+            raise ValueError(f"{len(humans)} humans do not fit in {count} seats")
+        bots = [n for n in NAMES if n not in humans][: count - len(humans)]
+        players = humans + bots
+        seed = int(args.get("seed", random.randrange(2**31)))
+        command = {
+            "op": "start",
+            "players": players,
+            "seed": seed,
+            "day_seconds": float(args.get("day_seconds", 60.0)),
+            "night_seconds": float(args.get("night_seconds", 30.0)),
+        }
+        result = await self.manager.propose(
+            {"op": "game", "game": game_id, "command": command, "bots": bots}
+        )
+        if not result.get("ok"):
+            return result
+        await self.published(game_id, result.get("events", []))
+        return {"ok": True, "game": game_id, "players": players, "bots": bots, "seed": seed}
+
+    async def story(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`mafia-story`: the public story of a game so far, its phase and its winner."""
+        game_id = str(args["game"])
+        state = self.manager.state.games.get(game_id)
+        if state is None:
+            raise KeyError(f"no game {game_id!r} in mesh {self.mesh!r}")
+        game = Game.from_dict(state["rules"])
+        return {
+            "ok": True,
+            "game": game_id,
+            "phase": str(game.phase),
+            "round": game.round,
+            "winner": None if game.winner is None else str(game.winner),
+            "story": tell(game.events),
+        }
+
+    # -- wiring -----------------------------------------------------------------------------------
+    async def actions(self, sub: Subscription) -> None:
+        """Players' actions: proposed while this manager leads, refusals answered."""
+        async for msg in sub:
+            if self.manager.role is not Role.LEADER:
+                continue
+            asyncio.get_running_loop().create_task(self._act(msg))
+
+    async def _act(self, msg: Message[Any]) -> None:
+        game_id, player = msg.params["game"], msg.params["agent"]
+        action = msg.payload
+        if action.player is not None and action.player != player:
+            reply = {
+                "ok": False,
+                "error": f"you are {player!r}; you cannot act as {action.player!r}",
+            }
+            await self._publish_view(game_id, player, reply)
+            return
+        command: dict[str, Any] = {"op": action.op, "player": player}
+        if action.target is not None:
+            command["target"] = action.target
+        if action.text is not None:
+            command["text"] = action.text
+        result = await self.propose(game_id, command, request=msg.envelope.id, worker=player)
+        await self._publish_view(game_id, player, _reply(action.op, result))
+
+    async def propose(
+        self,
+        game_id: str,
+        command: dict[str, Any],
+        *,
+        request: str | None = None,
+        worker: str = "-",
+    ) -> dict[str, Any]:
+        result = await self.manager.propose(
+            {
+                "op": "game",
+                "game": game_id,
+                "command": command,
+                "worker": worker,
+                "request": request or uuid.uuid4().hex,
+            }
+        )
+        if result.get("ok") and not result.get("duplicate"):  # a retry's events went out already
+            await self.published(game_id, result.get("events", []))
+        return result
+
+    async def published(self, game_id: str, events: list[dict[str, Any]]) -> None:
+        """After a command of `game_id` applied on the leader: its events out, the state and the
+        views of the players they concern republished."""
+        t = self.topics
+        concerned: set[str] = set()
+        self.observe(game_id, [Event.from_dict(e) for e in events])
+        for event in events:
+            if event["audience"] == "all":
+                line = tell([event])
+                payload = GameEvent(
+                    game=game_id,
+                    seq=event["seq"],
+                    kind=event["kind"],
+                    round=event["round"],
+                    phase=event["phase"],
+                    data=event["data"],
+                    line=" ".join(line),
+                )
+                with contextlib.suppress(BusError):
+                    await self.manager.bus.publish(
+                        t["mafia.events"].build(mesh=self.mesh, game=game_id), payload
+                    )
+            else:
+                concerned.add(event["audience"])
+        await self.publish_state(game_id)
+        for player in concerned:
+            await self._publish_view(game_id, player, None)
+        self.wake.set()
+
+    async def publish_state(self, game_id: str) -> None:
+        state = self.manager.state.games.get(game_id)
+        if state is None:
+            return
+        game = Game.from_dict(state["rules"])
+        started = self._phase_started.get((game_id, str(game.phase), game.round))
+        length = game.deadline_seconds()
+        view = game.view("")
+        payload = GameState(
+            game=game_id,
+            phase=view["phase"],
+            round=view["round"],
+            players=view["players"],
+            alive=view["alive"],
+            revealed=view["revealed"],
+            votes=view["votes"],
+            deadline=None if started is None or length is None else _wall(started + length),
+            winner=view["winner"],
+            bots=list(state["bots"]),
+        )
+        with contextlib.suppress(BusError):
+            await self.manager.bus.publish(
+                self.topics["mafia.state"].build(mesh=self.mesh, game=game_id), payload
+            )
+
+    async def _publish_view(self, game_id: str, player: str, reply: dict[str, Any] | None) -> None:
+        state = self.manager.state.games.get(game_id)
+        game = Game.from_dict(state["rules"]) if state is not None else Game()
+        view = game.view(player)
+        payload = PlayerView(
+            game=game_id,
+            player=player,
+            role=view["role"],
+            team=view["team"],
+            phase=view["phase"],
+            round=view["round"],
+            alive=view["alive"],
+            private=[e for e in view["events"] if e["audience"] == player],
+            reply=reply,
+        )
+        with contextlib.suppress(BusError):
+            await self.manager.bus.publish(
+                self.topics["mafia.player"].build(mesh=self.mesh, game=game_id, agent=player),
+                payload,
+            )
+
+    # -- the game master's clock ------------------------------------------------------------------
+    async def run(self) -> None:
+        """While leading: bots act once a phase; a phase ends when all acted or time is up."""
+        while True:
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await self.wake.wait()
+            if self.manager.role is not Role.LEADER:
+                self._bots.clear()  # a later leadership rebuilds them from the log
+                continue
+            for game_id, state in list(self.manager.state.games.items()):
+                await self._step(game_id, state)
+
+    async def _step(self, game_id: str, state: dict[str, Any]) -> None:
+        game = Game.from_dict(state["rules"])
+        if game.phase is Phase.OVER or game.phase is Phase.LOBBY:
+            return
+        key = (game_id, str(game.phase), game.round)
+        now = time.monotonic()
+        if key not in self._phase_started:
+            self._phase_started[key] = now
+            await self.publish_state(game_id)
+        if key not in self._bots_done:
+            self._bots_done.add(key)
+            bots = self._bots_of(game_id, state, game)
+            for name in list(game.alive):
+                bot = bots.get(name)
+                if bot is None:
+                    continue
+                for command in bot.decide(game.view(name, since=game.seq)):
+                    await self.propose(game_id, command, worker=name)
+            return  # look again with the bots' actions applied
+        length = game.deadline_seconds() or 0.0
+        if (game.everyone_acted() or now - self._phase_started[key] >= length) and (
+            key not in self._advancing
+        ):
+            self._advancing.add(key)
+            try:
+                command = {"op": "advance", "phase": str(game.phase), "round": game.round}
+                request = f"{game_id}:advance-{key[1]}-{key[2]}"
+                await self.propose(game_id, command, request=request)
+            finally:
+                self._advancing.discard(key)
+
+    def _bots_of(self, game_id: str, state: dict[str, Any], game: Game) -> dict[str, Bot]:
+        """The bots of a game, rebuilt from its events the first time (after a failover too)."""
+        bots = self._bots.get(game_id)
+        if bots is None:
+            bots = {
+                name: Bot(name, zlib.crc32(f"{game.seed}:{name}".encode()))
+                for name in state["bots"]
+            }
+            self._bots[game_id] = bots
+            self._seen[game_id] = -1
+            self.observe(game_id, list(game.events))
+        return bots
+
+    def observe(self, game_id: str, events: list[Event]) -> None:
+        """Events applied from the log reach the bots this leader plays, each once."""
+        bots = self._bots.get(game_id)
+        if bots is None:
+            return
+        for event in events:
+            if event.seq <= self._seen[game_id]:
+                continue
+            self._seen[game_id] = event.seq
+            listeners = bots.values() if event.public else [bots.get(event.audience)]
+            for bot in listeners:
+                if bot is not None:
+                    bot.observe(event)
+
+
+def _reply(op: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    if result.get("ok"):
+        return {"ok": True, "op": op}
+    return {"ok": False, "op": op, "error": str(result.get("error", "refused"))}
+
+
+def _wall(monotonic: float) -> float:
+    return time.time() + (monotonic - time.monotonic())
