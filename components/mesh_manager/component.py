@@ -135,6 +135,8 @@ class MeshManager(Component):
                 tg.create_task(self.games.actions(actions), name="mesh-game-actions")
                 tg.create_task(self.games.run(), name="mesh-games")
         finally:
+            if self._log_store is not None:
+                self._log_store.close()
             if log_db is not self.db:
                 await log_db.close()
             await self.db.close()

@@ -63,14 +63,17 @@ def _entries(term: int, first: int, last: int) -> list[LogEntry]:
     return [LogEntry(term, i, {"op": f"set-{i}", "term": term}) for i in range(first, last + 1)]
 
 
-def _statements(db: Store) -> list[str]:
-    """Every SQL statement `db` sends from now on, recorded into the returned list."""
+def _statements(db: Store, log: MeshLogStore | None = None) -> list[str]:
+    """Every SQL statement `db` (and `log`'s own SQLite engine) sends from now on, recorded
+    into the returned list."""
     sent: list[str] = []
 
     @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
     def _record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         sent.append(statement)
 
+    if log is not None and log.sync_connection is not None:
+        log.sync_connection.set_trace_callback(sent.append)
     return sent
 
 
@@ -157,7 +160,7 @@ async def test_a_failed_flush_can_be_tried_again(db: Store) -> None:
 async def test_nothing_pending_sends_nothing(db: Store) -> None:
     log = MeshLogStore(db, "m1", "n1")
     storage = log.storage(await log.load())
-    sent = _statements(db)
+    sent = _statements(db, log)
     assert await log.flush(storage) == 0
     storage.save_term_vote(1, None)
     assert await log.flush(storage) == 1
@@ -167,18 +170,26 @@ async def test_nothing_pending_sends_nothing(db: Store) -> None:
     assert len(sent) == count  # no BEGIN, no query, no COMMIT
 
 
-async def test_consecutive_appends_are_one_insert(db: Store) -> None:
+async def test_consecutive_appends_are_one_write_in_one_transaction(db: Store) -> None:
     log = MeshLogStore(db, "m1", "n1")
     storage = log.storage(await log.load())
     storage.save_term_vote(1, None)
     storage.save_term_vote(1, "n1")
     for entry in _entries(1, 1, 5):
         storage.append([entry])
-    sent = _statements(db)
+    sent = _statements(db, log)
     assert await log.flush(storage) == 7
     inserts = [s for s in sent if s.startswith("INSERT INTO log_entries")]
     votes = [s for s in sent if s.startswith("INSERT INTO snapshots")]
-    assert len(inserts) == 1 and len(votes) == 1
+    if log.sync_connection is None:  # PostgreSQL: one multi-row INSERT
+        assert len(inserts) == 1
+    else:  # SQLite's plain connection: one prepared INSERT run per row, in one transaction
+        assert len(inserts) == 5  # (the trace shows each row's values filled in)
+        assert [s for s in sent if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+        ]
+    assert len(votes) == 1  # two votes in a row: only the last is written
     assert (await log.load()) == (1, "n1", tuple(_entries(1, 1, 5)))
 
 
