@@ -161,6 +161,7 @@ async def run(handle: Any, tmp: Path, args: argparse.Namespace) -> dict[str, flo
     store = args.store or f"sqlite+aiosqlite:///{tmp}/mesh.db"
     cluster = Cluster(handle, root, tmp, store)
     results: dict[str, float] = {}
+    client: MeshClient | None = None
     async with Bus(settings, kind="bench") as bus:
         follower = asyncio.create_task(cluster.follow(bus))
         beats = asyncio.create_task(_beat(bus))
@@ -233,6 +234,8 @@ async def run(handle: Any, tmp: Path, args: argparse.Namespace) -> dict[str, flo
             follower.cancel()
             beats.cancel()
             cluster.close()
+            if client is not None:
+                await client.close()
     return results
 
 

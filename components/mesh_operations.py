@@ -85,6 +85,8 @@ async def _call(bus: Bus, args: argparse.Namespace, method: str, **kw: Any) -> d
                 "managers running? (mapleverse status)"
             ) from None
         raise OperationFailed(exc.reason) from None
+    finally:
+        await client.close()
     if not result.get("ok", True):
         raise OperationFailed(str(result.get("error", "refused")))
     return result

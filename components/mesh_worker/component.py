@@ -43,6 +43,13 @@ class MeshWorker(Component):
         s = self.settings
         client = MeshClient(bus, self.mesh, self.id, attempt_timeout=s.mesh_request_timeout)
         self.serving()
+        try:
+            await self._work(client)
+        finally:
+            await client.close()
+
+    async def _work(self, client: MeshClient) -> None:
+        s = self.settings
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._beats(), name="mesh-worker-beats")
             await self._join(client)

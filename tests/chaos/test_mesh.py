@@ -140,6 +140,7 @@ async def mesh(real_broker: BrokerHandle, root: str, tmp_path: Path) -> AsyncIte
         finally:
             follower.cancel()
             beats.cancel()
+            await m.client.close()
             for proc in m.procs.values():
                 reap(proc)
 
