@@ -86,6 +86,7 @@ bench: $(STAMP) services
 	$(BIN)/python benchmarks/flocking.py
 	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/world.py
 	$(BIN)/python benchmarks/raft_simulation.py
+	PATH="$$PATH:/usr/sbin" $(BIN)/python benchmarks/mesh.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules
