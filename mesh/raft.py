@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -114,6 +114,10 @@ class RaftNode:
     deterministic node. On construction the node loads its term, vote and log from `storage`
     and starts as a follower with nothing committed (entries are applied again as they are
     committed again, from index 1).
+
+    An AppendEntries carries at most `max_batch` entries and, when `entry_size` is given, at
+    most `max_batch_bytes` of them by that measure (always at least one entry), so a batch
+    fits the transport's packet limit.
     """
 
     def __init__(
@@ -127,6 +131,8 @@ class RaftNode:
         heartbeat_interval: float = 0.1,
         pre_vote: bool = True,
         max_batch: int = 64,
+        max_batch_bytes: int | None = None,
+        entry_size: Callable[[LogEntry], int] | None = None,
     ) -> None:
         lo, hi = election_timeout
         if not 0 < heartbeat_interval < lo < hi:
@@ -147,6 +153,8 @@ class RaftNode:
         self._heartbeat = heartbeat_interval
         self._pre_vote = pre_vote
         self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._entry_size = entry_size
 
         state = storage.load()
         self._term = state.term
@@ -459,6 +467,13 @@ class RaftNode:
         """AppendEntries for `peer` from its next index; advances it unless the peer is probed."""
         prev = self._next[peer] - 1
         entries = tuple(self._log[prev : prev + self._max_batch])
+        if self._max_bytes is not None and self._entry_size is not None and len(entries) > 1:
+            total = 0
+            for n, entry in enumerate(entries):  # at least one, however large
+                total += self._entry_size(entry)
+                if n and total > self._max_bytes:
+                    entries = entries[:n]
+                    break
         prev_term = self._log[prev - 1].term if prev else 0
         if peer not in self._probing:
             self._next[peer] = prev + len(entries) + 1

@@ -27,7 +27,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bus import Bus, BusError, Subscription
+import orjson
+
+from bus import Bus, BusError, PacketTooLarge, Subscription
 from components.mesh_manager.games import GameMaster, mafia_rules
 from components.mesh_manager.settings import MeshManagerSettings
 from components.mesh_manager.store import Fenced, FencedStore, MeshLogStore, PendingStorage
@@ -35,9 +37,11 @@ from components.runtime.component import Component
 from mesh import (
     AppendEntries,
     Envelope,
+    LogEntry,
     Message,
     MessageError,
     NotLeader,
+    RaftError,
     RaftNode,
     Role,
     message_from_dict,
@@ -56,7 +60,10 @@ WRITE_METHODS = {
     "update": "update",
 }
 MEMBERSHIP = frozenset({"join", "leave", "add_agent", "remove_agent", "create"})
-COMMIT_TIMEOUT = 5.0  # seconds a write request waits for its entry to commit
+COMMIT_TIMEOUT = 5.0
+MAX_COMMAND_BYTES = (
+    16 * 1024
+)  # a log entry; an AppendEntries batches them up to its limit  # seconds a write request waits for its entry to commit
 
 
 class MeshManager(Component):
@@ -89,6 +96,7 @@ class MeshManager(Component):
         self._failed_at: dict[str, float] = {}
         self._peer_seen: dict[str, float] = {}
         self._state_dirty = asyncio.Event()
+        self._broken: StoreError | None = None
         self.fenced_refusals = 0
         """Writes the store refused because a newer leader had written (for tests)."""
 
@@ -117,6 +125,9 @@ class MeshManager(Component):
                 rng=random.Random(),
                 election_timeout=(s.mesh_election_min, s.mesh_election_max),
                 heartbeat_interval=s.mesh_heartbeat,
+                # an AppendEntries fits the packet limit with room for its envelope
+                max_batch_bytes=s.max_packet_size // 2,
+                entry_size=_entry_size,
             )
             inbox = bus.subscribe(self.inbox_topic, maxsize=100_000)
             requests = bus.subscribe(self.rpc_topic)
@@ -146,6 +157,8 @@ class MeshManager(Component):
         """Run `work` on the node, persist what it wrote, apply what committed, then send."""
         assert self.node is not None and self._log_store is not None and self._storage
         async with self._lock:
+            if self._broken is not None:
+                raise self._broken
             out = work(time.monotonic())
             # The leader's AppendEntries may leave before its own write is durable (Raft
             # §10.2.1): their answers are handled under this lock, after the flush, so nothing
@@ -156,7 +169,16 @@ class MeshManager(Component):
                     await self._send(envelope)
                 else:
                     later.append(envelope)
-            await self._log_store.flush(self._storage)
+            try:
+                await self._log_store.flush(self._storage)
+            except StoreError as exc:
+                # The node's memory is now ahead of its disk, and its AppendEntries may be out:
+                # going on could commit an entry held durably by too few. Stop; a restart
+                # resumes from what is stored.
+                self.log.critical("the Raft log could not be written, stopping: %s", exc)
+                self._broken = exc
+                self._wake.set()  # the timer loop's next step raises it out of main()
+                raise
             self._apply_committed()
             for envelope in later:
                 await self._send(envelope)
@@ -166,8 +188,12 @@ class MeshManager(Component):
     async def _send(self, envelope: Envelope) -> None:
         topic = self.topics["mesh.raft"].build(mesh=self.mesh, node=envelope.to)
         packet = RaftPacket(to=envelope.to, message=envelope.message.to_dict())
-        with contextlib.suppress(BusError):  # a lost message is Raft's everyday weather
+        try:
             await self.bus.publish(topic, packet)
+        except PacketTooLarge as exc:  # never expected: batches and commands are capped
+            self.log.error("Raft message to %s not sent: %s", envelope.to, exc)
+        except BusError:  # a lost message is Raft's everyday weather
+            pass
 
     async def _inbox(self, sub: Subscription) -> None:
         assert self.node is not None
@@ -178,8 +204,16 @@ class MeshManager(Component):
             except MessageError as exc:
                 await self.bus.dead_letter(msg, f"not a Raft message: {exc}")
                 continue
+            if message.sender not in node.peers:
+                await self.bus.dead_letter(
+                    msg, f"{message.sender!r} is not a manager of {self.mesh}"
+                )
+                continue
             self._peer_seen[message.sender] = time.time()
-            await self._step(functools.partial(_receive, node, message))
+            try:
+                await self._step(functools.partial(_receive, node, message))
+            except RaftError as exc:  # a message no correct peer sends (a forged one)
+                await self.bus.dead_letter(msg, f"refused by Raft: {exc}")
 
     async def _timers(self) -> None:
         assert self.node is not None
@@ -322,6 +356,9 @@ class MeshManager(Component):
         bad = check_command(command)
         if bad is not None:
             raise ValueError(bad)
+        size = len(orjson.dumps(command))
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"the command is {size} bytes; at most {MAX_COMMAND_BYTES} fit")
         node = self.node
         assert node is not None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -480,6 +517,10 @@ class MeshManager(Component):
             agents=len(self.state.agents),
             updated=time.time(),
         )
+
+
+def _entry_size(entry: LogEntry) -> int:
+    return len(orjson.dumps(dict(entry.command))) + 48  # + index, term, keys
 
 
 def _receive(node: RaftNode, message: Message, now: float) -> list[Envelope]:

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from bus import Bus, Message, RequestTimeout, Subscription
+from bus import Bus, BusError, Message, RequestTimeout, Subscription
 from bus.payloads import RpcReply, RpcRequest
 from bus.topics import Topic
 from mesh.payloads import MeshLeader
@@ -63,13 +63,15 @@ class MeshClient:
 
     async def _follow_leader(self, sub: Subscription) -> None:
         try:
-            async for msg in sub:
+            async for msg in sub:  # until the bus closes (or close() cancels it)
                 record = msg.payload
                 if self.leader is None:  # the retained record: where things stand
                     self.leader = record
                 elif record.term > self.leader.term:  # an election since: ask again now
                     self.leader = record
                     self._new_leader.set()
+        except BusError:
+            pass
         finally:
             await sub.close()
 

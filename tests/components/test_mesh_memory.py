@@ -18,7 +18,7 @@ from worlds import TIMEOUT
 
 from components.mesh_manager import MeshManager
 from components.mesh_manager.store import FencedStore
-from components.mesh_worker import MeshClient, MeshWorker
+from components.mesh_worker import MeshClient, MeshRequestError, MeshWorker
 from mesh import Role
 from store import StoreSettings, open_store
 
@@ -166,3 +166,33 @@ async def test_a_deposed_leaders_writes_are_refused_by_the_fence(root: str, stor
             assert record is not None and record.token == new_term
         finally:
             await db.close()
+
+
+async def test_a_follower_that_was_away_catches_up_on_large_entries(
+    root: str, store_url: str
+) -> None:
+    """Catching up sends batches that fit the packet limit, however large the entries."""
+    async with mesh(root, store_url) as w:
+        leader = await leader_of(w)
+        away = next(m for m in MANAGERS if m != leader.id)
+        await w.stop(away)
+        client = MeshClient(w.operator, "alpha", "w1")
+        assert (await client.call("join"))["ok"]
+        assert (await client.call("add-agent", agent="big", state={}))["ok"]
+        version = 1
+        for n in range(70):  # ~2 KB each: 64 of them are more than one packet
+            result = await client.call(
+                "update", agent="big", base=version, patch={"blob": "x" * 2000, "n": n}
+            )
+            assert result["ok"], result
+            version = result["version"]
+        with pytest.raises(MeshRequestError, match="bytes; at most 16384 fit"):
+            await client.call("update", agent="big", base=version, patch={"blob": "x" * 20000})
+        await w.start(away, manager(w, away, store_url))
+        back = w.components[away]
+        assert isinstance(back, MeshManager)
+        deadline = time.monotonic() + TIMEOUT
+        while back.state.agents.get("big", {}).get("version") != version:
+            assert time.monotonic() < deadline, back.state.agents.get("big")
+            await asyncio.sleep(0.05)
+        await client.close()
