@@ -26,7 +26,7 @@ from typing import Any
 
 from bus import Bus, BusSettings
 from components.mesh_worker.client import MeshClient, MeshRequestError
-from mesh.payloads import GameAction, MeshStatus
+from mesh.payloads import GameAction, MeshLeader, MeshStatus
 
 __all__ = ["add_parsers", "run"]
 
@@ -98,18 +98,22 @@ def _show(result: Any, args: argparse.Namespace, text: str) -> None:
 
 async def _status(bus: Bus, args: argparse.Namespace) -> None:
     """The retained status, which the leader keeps; no leader needed to read it."""
-    topic = bus.topics["mesh.status"].build(mesh=args.mesh)
-    sub = bus.subscribe(topic)
-    await sub.start()
-    try:
-        msg = await sub.get(min(args.timeout, 3.0))
-    except TimeoutError:
-        raise OperationFailed(
-            f"mesh {args.mesh!r} has no status yet: no leader was elected"
-        ) from None
-    finally:
-        await sub.close()
-    status: MeshStatus = msg.payload
+    t = bus.topics
+    found: dict[str, Any] = {}
+    for name in ("mesh.status", "mesh.leader"):  # both retained: there at once, if at all
+        sub = bus.subscribe(t[name].build(mesh=args.mesh))
+        await sub.start()
+        try:
+            found[name] = (await sub.get(min(args.timeout, 3.0))).payload
+        except TimeoutError:
+            pass
+        finally:
+            await sub.close()
+    if "mesh.status" not in found:
+        raise OperationFailed(f"mesh {args.mesh!r} has no status yet: no leader was elected")
+    msg_status: MeshStatus = found["mesh.status"]
+    leader: MeshLeader | None = found.get("mesh.leader")
+    status = msg_status
     if args.json:
         print(status.model_dump_json(indent=2))
         return
@@ -119,6 +123,10 @@ async def _status(bus: Bus, args: argparse.Namespace) -> None:
         f"{status.commit_index}, applied {status.applied}, {status.agents} agents "
         f"(as of {age:.1f} s ago)"
     )
+    if leader is not None and leader.term > status.term:  # trust a record only with its term
+        print(
+            f"  (stale: {leader.leader} leads since term {leader.term}; its status is not out yet)"
+        )
     for m in status.managers:
         print(f"  manager {m.id:<12} {m.role:<10} term {m.term}")
     for worker, health in sorted(status.workers.items()):

@@ -98,6 +98,7 @@ class AgentHealth(Payload):
     agent: Id
     worker: Id
     health: Literal["ok", "late", "failed", "removed"]
+    term: int = Field(default=0, ge=0, description="The term of the leader that judged it.")
     last_beat: float | None = None
     missed: int = Field(default=0, ge=0)
 

@@ -31,11 +31,13 @@ import orjson
 
 from bus import Bus, BusError, PacketTooLarge, Subscription
 from components.mesh_manager.games import GameMaster, mafia_rules
+from components.mesh_manager.health import WorkerHealth
 from components.mesh_manager.settings import MeshManagerSettings
 from components.mesh_manager.store import Fenced, FencedStore, MeshLogStore, PendingStorage
 from components.runtime.component import Component
 from mesh import (
     AppendEntries,
+    AppendResponse,
     Envelope,
     LogEntry,
     Message,
@@ -46,7 +48,7 @@ from mesh import (
     Role,
     message_from_dict,
 )
-from mesh.payloads import AgentHealth, ManagerInfo, MeshLeader, MeshStatus, MeshTopology, RaftPacket
+from mesh.payloads import ManagerInfo, MeshLeader, MeshStatus, MeshTopology, RaftPacket
 from mesh.state import MeshState, check_command
 from store import Store, StoreError, StoreSettings, open_store
 
@@ -89,14 +91,16 @@ class MeshManager(Component):
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._waiting: dict[int, tuple[int, asyncio.Future[dict[str, Any]]]] = {}
-        self._led_term = 0  # the term this node last announced itself leader in
+        self._led_term = 0  # the term this node last became leader in
+        self._announced = 0  # the term it last announced itself leader in
+        self._term_start = 0  # the index of its first entry as leader (its no-op)
+        self._acked: dict[str, float] = {}  # peer -> when it last answered this leader
         self._leader_since = 0.0
-        self._beats: dict[str, tuple[float, float]] = {}  # worker -> (monotonic, interval)
-        self._health: dict[str, str] = {}
-        self._failed_at: dict[str, float] = {}
+        self.health = WorkerHealth(self)
         self._peer_seen: dict[str, float] = {}
         self._state_dirty = asyncio.Event()
         self._broken: StoreError | None = None
+        self._inflight: dict[str, asyncio.Task[Any]] = {}  # request id -> its answer
         self.fenced_refusals = 0
         """Writes the store refused because a newer leader had written (for tests)."""
 
@@ -140,8 +144,8 @@ class MeshManager(Component):
                 tg.create_task(self._inbox(inbox), name="mesh-inbox")
                 tg.create_task(self._timers(), name="mesh-timers")
                 tg.create_task(self._requests(requests), name="mesh-requests")
-                tg.create_task(self._worker_beats(beats), name="mesh-beats")
-                tg.create_task(self._watch_workers(), name="mesh-health")
+                tg.create_task(self.health.follow(beats), name="mesh-beats")
+                tg.create_task(self.health.watch(), name="mesh-health")
                 tg.create_task(self._publish_state(), name="mesh-state")
                 tg.create_task(self.games.actions(actions), name="mesh-game-actions")
                 tg.create_task(self.games.run(), name="mesh-games")
@@ -210,10 +214,41 @@ class MeshManager(Component):
                 )
                 continue
             self._peer_seen[message.sender] = time.time()
+            if (
+                type(message) is AppendResponse
+                and node.role is Role.LEADER
+                and message.term == node.term
+            ):
+                self._acked[message.sender] = time.monotonic()
             try:
                 await self._step(functools.partial(_receive, node, message))
             except RaftError as exc:  # a message no correct peer sends (a forged one)
                 await self.bus.dead_letter(msg, f"refused by Raft: {exc}")
+                continue
+            if self._announced != node.term and self.has_lease():
+                self._announced = node.term
+                await self._announce()
+
+    def caught_up(self) -> bool:
+        """Whether this node leads with a lease and has applied its own term's first entry
+        (so its state holds everything committed before it was elected)."""
+        return self.has_lease() and self.state.applied >= self._term_start
+
+    def mark_dirty(self) -> None:
+        """Something the retained status shows changed: publish it soon."""
+        self._state_dirty.set()
+
+    def has_lease(self) -> bool:
+        """Whether this node leads and a majority answered it within the shortest election
+        timeout: no other leader can have been elected meanwhile. Only then does it publish
+        what a leader publishes (a leader that was paused or cut off learns of a newer term
+        only from a message it may not have read yet)."""
+        node = self.node
+        if node is None or node.role is not Role.LEADER:
+            return False
+        since = time.monotonic() - self.settings.mesh_election_min
+        fresh = sum(1 for p in node.peers if self._acked.get(p, -1.0) >= since)
+        return fresh + 1 > (len(node.peers) + 1) // 2
 
     async def _timers(self) -> None:
         assert self.node is not None
@@ -234,8 +269,11 @@ class MeshManager(Component):
         assert self.node is not None
         for entry in self.node.take_applied():
             result = self.state.apply(entry.index, entry.command)
-            if entry.command.get("op") in MEMBERSHIP:  # the topology changed: publish it now
+            op = entry.command.get("op")
+            if op in MEMBERSHIP:  # the topology changed: publish it now
                 self._state_dirty.set()
+            elif op == "game" and result.get("ok") and not result.get("duplicate"):
+                self.games.observe(str(entry.command["game"]), result.get("events", []))
             waiting = self._waiting.pop(entry.index, None)
             if waiting is None:
                 continue
@@ -253,16 +291,25 @@ class MeshManager(Component):
         if node.role is Role.LEADER and self._led_term != node.term:
             self._led_term = node.term
             self._leader_since = time.time()
-            now = time.monotonic()
-            for worker in self.state.workers:  # every worker gets a full grace from now
-                self._beats.setdefault(worker, (now, self.settings.mesh_heartbeat))
+            self._term_start = node.last_log_index  # its no-op
+            self._forget_leadership()
+            self.health.grace(self.state.workers)
             self.log.info("leader of mesh %s in term %d", self.mesh, node.term)
-            await self._announce()
+            # announced once a majority answered its first heartbeats (has_lease, _inbox)
         elif node.role is not Role.LEADER:
+            if self._led_term:
+                self._forget_leadership()
+                self._led_term = 0
             for index, (_, future) in list(self._waiting.items()):
                 if not future.done():
                     future.set_result(_not_committed())
                 del self._waiting[index]
+
+    def _forget_leadership(self) -> None:
+        """What one leadership learnt is not the next one's: health is judged afresh."""
+        self._acked.clear()
+        self.health.reset()
+        self.games.reset()
 
     # -- requests (the leader answers) -----------------------------------------------------------
     async def _requests(self, sub: Subscription) -> None:
@@ -275,6 +322,19 @@ class MeshManager(Component):
             task.add_done_callback(tasks.discard)
 
     async def handle(self, method: str, args: dict[str, Any]) -> Any:
+        """Answer one request. A request sent again (same `request` id) while the first is
+        still being answered waits for that answer instead of running twice."""
+        request = args.get("request")
+        if not isinstance(request, str):
+            return await self._handle(method, args)
+        running = self._inflight.get(request)
+        if running is None:
+            running = asyncio.get_running_loop().create_task(self._handle(method, args))
+            self._inflight[request] = running
+            running.add_done_callback(lambda _: self._inflight.pop(request, None))
+        return await asyncio.shield(running)
+
+    async def _handle(self, method: str, args: dict[str, Any]) -> Any:
         if method in WRITE_METHODS:
             command = {**args, "op": WRITE_METHODS[method]}
             command.setdefault("request", uuid.uuid4().hex)
@@ -286,6 +346,8 @@ class MeshManager(Component):
                     command[key] = args[key]
             return await self.propose(command)
         if method == "status":
+            if not self.has_lease():
+                raise ValueError("not the leader any more; retry")
             return self._mesh_status().model_dump(mode="json")
         if method == "create":
             by = str(args.get("by", "")) or None
@@ -313,20 +375,20 @@ class MeshManager(Component):
         }
 
     async def _provision(self, args: dict[str, Any]) -> dict[str, Any]:
-        """A worker's place in the mesh and `agents` agents for it (`WORKER-aN`), at once."""
+        """A worker's place in the mesh and agents `WORKER-a1`..`-aN` for it; what it has
+        already stays (so provisioning again is harmless)."""
+        if "worker" not in args:
+            raise ValueError("provision needs a 'worker'")
         worker, count = str(args["worker"]), int(args.get("agents", 1))
         if not 0 <= count <= 1000:
             raise ValueError(f"agents must be 0 to 1000, got {count}")
         joined = await self.propose({"op": "join", "worker": worker})
         if not joined.get("ok"):
             return joined
-        have = set(joined["agents"])
         added: list[str] = []
-        n = 0
-        while len(added) < count:
-            n += 1
+        for n in range(1, count + 1):
             agent = f"{worker}-a{n}"
-            if agent in have or agent in self.state.agents:
+            if agent in joined["agents"]:
                 continue
             result = await self.propose(
                 {"op": "add_agent", "worker": worker, "agent": agent, "state": {}}
@@ -334,7 +396,8 @@ class MeshManager(Component):
             if not result.get("ok"):
                 return {**result, "added": added}
             added.append(agent)
-        return {"ok": True, "worker": worker, "added": added, "agents": sorted(have | set(added))}
+        agents = sorted({*joined["agents"], *added})
+        return {"ok": True, "worker": worker, "added": added, "agents": agents}
 
     async def _terminate(self, args: dict[str, Any]) -> dict[str, Any]:
         """An agent out of the mesh (`agent`), or a worker with all its agents (`worker`)."""
@@ -346,6 +409,8 @@ class MeshManager(Component):
             return await self.propose(
                 {"op": "remove_agent", "worker": known["worker"], "agent": str(agent)}
             )
+        if "worker" not in args:
+            raise ValueError("terminate needs a 'worker' or an 'agent'")
         worker = str(args["worker"])
         if worker not in self.state.workers:
             raise KeyError(f"unknown worker {worker!r} in mesh {self.mesh!r}")
@@ -381,59 +446,6 @@ class MeshManager(Component):
         except TimeoutError:
             return {"ok": False, "error": "not committed in time (no majority?); retry"}
 
-    # -- workers' health --------------------------------------------------------------------------
-    async def _worker_beats(self, sub: Subscription) -> None:
-        async for msg in sub:
-            beat = msg.payload
-            self._beats[beat.worker] = (time.monotonic(), beat.interval)
-
-    async def _watch_workers(self) -> None:
-        s = self.settings
-        while True:
-            await asyncio.sleep(s.mesh_heartbeat)
-            if self.role is not Role.LEADER:
-                continue
-            now = time.monotonic()
-            for worker in list(self.state.workers):
-                last, interval = self._beats.get(worker, (now, s.mesh_heartbeat))
-                missed = int((now - last) / interval)
-                health = (
-                    "ok" if missed < 1 else "late" if missed < s.mesh_worker_misses else "failed"
-                )
-                if health != self._health.get(worker):
-                    self._health[worker] = health
-                    await self._publish_health(worker, health, missed)
-                if health != "failed":
-                    self._failed_at.pop(worker, None)
-                    continue
-                since = self._failed_at.setdefault(worker, now)
-                if now - since >= s.mesh_worker_grace:
-                    self.log.warning("worker %s missed its beats: removing it", worker)
-                    agents = list(self.state.workers.get(worker, []))
-                    result = await self.propose(
-                        {"op": "leave", "worker": worker, "reason": "failed"}
-                    )
-                    if result.get("ok"):
-                        self._failed_at.pop(worker, None)
-                        self._health.pop(worker, None)
-                        for agent in agents:
-                            await self._agent_health(agent, worker, "removed", missed)
-
-    async def _publish_health(self, worker: str, health: str, missed: int) -> None:
-        for agent in self.state.workers.get(worker, []):
-            await self._agent_health(agent, worker, health, missed)
-        self._state_dirty.set()
-
-    async def _agent_health(self, agent: str, worker: str, health: str, missed: int) -> None:
-        last = self._beats.get(worker)
-        beat = time.time() - (time.monotonic() - last[0]) if last else None
-        topic = self.topics["mesh.agent.health"].build(mesh=self.mesh, agent=agent)
-        payload = AgentHealth(
-            mesh=self.mesh, agent=agent, worker=worker, health=health, last_beat=beat, missed=missed
-        )
-        with contextlib.suppress(BusError):
-            await self.bus.publish(topic, payload)
-
     # -- what the leader publishes and writes -----------------------------------------------------
     async def _announce(self) -> None:
         node = self.node
@@ -450,7 +462,7 @@ class MeshManager(Component):
         self._state_dirty.set()
 
     async def republish(self, bus: Bus) -> None:
-        if self.role is Role.LEADER:
+        if self.has_lease():
             await self._announce()
 
     async def _publish_state(self) -> None:
@@ -464,7 +476,7 @@ class MeshManager(Component):
                     await self._state_dirty.wait()
             self._state_dirty.clear()
             node = self.node
-            if node is None or node.role is not Role.LEADER:
+            if node is None or not self.has_lease():
                 continue
             token = node.fencing_token()
             t = self.topics
@@ -500,10 +512,15 @@ class MeshManager(Component):
         node = self.node
         assert node is not None
         managers = [ManagerInfo(id=self.id, role=str(node.role), term=node.term)]
+        recent = time.monotonic() - self.settings.mesh_election_max
         for peer in node.peers:
+            answers = self._acked.get(peer, -1.0) >= recent  # it follows this leader
             managers.append(
                 ManagerInfo(
-                    id=peer, role="follower", term=node.term, last_seen=self._peer_seen.get(peer)
+                    id=peer,
+                    role="follower" if answers else "unknown",
+                    term=node.term,
+                    last_seen=self._peer_seen.get(peer),
                 )
             )
         return MeshStatus(
@@ -513,7 +530,7 @@ class MeshManager(Component):
             commit_index=node.commit_index,
             applied=self.state.applied,
             managers=managers,
-            workers={w: self._health.get(w, "ok") for w in self.state.workers},
+            workers={w: self.health.of(w) for w in self.state.workers},
             agents=len(self.state.agents),
             updated=time.time(),
         )

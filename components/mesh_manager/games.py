@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bus import BusError, Message, Subscription
-from mafia import NAMES, Applied, Bot, Event, Game, Phase, tell
+from mafia import NAMES, Applied, Bot, Event, Game, Kind, Phase, tell
+from mafia import Role as MafiaRole
 from mesh import Role
 from mesh.payloads import GameEvent, GameState, PlayerView
 
@@ -54,8 +55,26 @@ def mafia_rules(
     if not isinstance(outcome, Applied):
         return None, {"ok": False, "error": outcome.reason}
     bots = list(command.get("bots", [])) if state is None else list(state["bots"])
-    new = {"rules": game.to_dict(), "bots": bots}
+    phase_at = None if state is None else state.get("phase_at")
+    if any(e.kind in (Kind.STARTED, Kind.PHASE) for e in outcome.events):
+        phase_at = command.get("at")  # the leader's clock, in the log: it survives a failover
+    new = {"rules": game.to_dict(), "bots": bots, "phase_at": phase_at}
     return new, {"ok": True, "events": [e.to_dict() for e in outcome.events]}
+
+
+def _acted(game: Game, player: str) -> bool:
+    """Whether `player` did what its role does in this phase (so a bot acts once, whoever
+    leads)."""
+    if game.phase is Phase.DAY:
+        return player in game.votes
+    role = game.roles.get(player)
+    if role is MafiaRole.MAFIA:
+        return player in game.kills
+    if role is MafiaRole.DOCTOR:
+        return game.protected is not None
+    if role is MafiaRole.DETECTIVE:
+        return game.inspected is not None
+    return True  # a villager has nothing to do at night
 
 
 class GameMaster:
@@ -72,11 +91,20 @@ class GameMaster:
         self._seen: dict[str, int] = {}  # game -> the last event seq its bots observed
         self.wake = asyncio.Event()
 
+    def reset(self) -> None:
+        """Leadership changed: timers, bots and what they saw are rebuilt from the log."""
+        self._phase_started.clear()
+        self._bots_done.clear()
+        self._bots.clear()
+        self._seen.clear()
+        self._advancing.clear()
+
     # -- requests ---------------------------------------------------------------------------------
     async def start(self, args: dict[str, Any]) -> dict[str, Any]:
         """`mafia-start`: a new game of `players` (a count, bots filling the seats of no
         `humans`), or a list of names; phase lengths in seconds."""
-        game_id = str(args.get("game") or f"g{uuid.uuid4().hex[:8]}")
+        request = str(args.get("request") or uuid.uuid4().hex)
+        game_id = str(args.get("game") or f"g{request[:8]}")  # the same for a retry
         humans = [str(h) for h in args.get("humans", [])]
         count = int(args.get("players", 12))
         if count < len(humans):
@@ -92,11 +120,19 @@ class GameMaster:
             "night_seconds": float(args.get("night_seconds", 30.0)),
         }
         result = await self.manager.propose(
-            {"op": "game", "game": game_id, "command": command, "bots": bots}
+            {
+                "op": "game",
+                "game": game_id,
+                "command": command,
+                "bots": bots,
+                "request": request,
+                "at": time.time(),
+            }
         )
         if not result.get("ok"):
             return result
-        await self.published(game_id, result.get("events", []))
+        if not result.get("duplicate"):
+            await self.published(game_id, result.get("events", []))
         return {"ok": True, "game": game_id, "players": players, "bots": bots, "seed": seed}
 
     async def story(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -118,10 +154,17 @@ class GameMaster:
     # -- wiring -----------------------------------------------------------------------------------
     async def actions(self, sub: Subscription) -> None:
         """Players' actions: proposed while this manager leads, refusals answered."""
-        async for msg in sub:
-            if self.manager.role is not Role.LEADER:
-                continue
-            asyncio.get_running_loop().create_task(self._act(msg))
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for msg in sub:
+                if self.manager.role is not Role.LEADER:
+                    continue
+                task = asyncio.get_running_loop().create_task(self._act(msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def _act(self, msg: Message[Any]) -> None:
         game_id, player = msg.params["game"], msg.params["agent"]
@@ -138,6 +181,15 @@ class GameMaster:
             command["target"] = action.target
         if action.text is not None:
             command["text"] = action.text
+        state = self.manager.state.games.get(game_id)
+        refused = (
+            f"no game {game_id!r}"
+            if state is None
+            else Game.from_dict(state["rules"]).check(command)
+        )
+        if refused is not None:  # answered at once, and nothing goes into the log
+            await self._publish_view(game_id, player, _reply(action.op, {"error": refused}))
+            return
         result = await self.propose(game_id, command, request=msg.envelope.id, worker=player)
         await self._publish_view(game_id, player, _reply(action.op, result))
 
@@ -156,6 +208,7 @@ class GameMaster:
                 "command": command,
                 "worker": worker,
                 "request": request or uuid.uuid4().hex,
+                "at": time.time(),
             }
         )
         if result.get("ok") and not result.get("duplicate"):  # a retry's events went out already
@@ -167,7 +220,6 @@ class GameMaster:
         views of the players they concern republished."""
         t = self.topics
         concerned: set[str] = set()
-        self.observe(game_id, [Event.from_dict(e) for e in events])
         for event in events:
             if event["audience"] == "all":
                 line = tell([event])
@@ -196,7 +248,7 @@ class GameMaster:
         if state is None:
             return
         game = Game.from_dict(state["rules"])
-        started = self._phase_started.get((game_id, str(game.phase), game.round))
+        started = state.get("phase_at")
         length = game.deadline_seconds()
         view = game.view("")
         payload = GameState(
@@ -207,7 +259,7 @@ class GameMaster:
             alive=view["alive"],
             revealed=view["revealed"],
             votes=view["votes"],
-            deadline=None if started is None or length is None else _wall(started + length),
+            deadline=None if started is None or length is None else started + length,
             winner=view["winner"],
             bots=list(state["bots"]),
         )
@@ -245,9 +297,8 @@ class GameMaster:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.2):
                     await self.wake.wait()
-            if self.manager.role is not Role.LEADER:
-                self._bots.clear()  # a later leadership rebuilds them from the log
-                continue
+            if not self.manager.caught_up():
+                continue  # not leading, or the log of earlier terms is not applied yet
             for game_id, state in list(self.manager.state.games.items()):
                 await self._step(game_id, state)
 
@@ -256,22 +307,22 @@ class GameMaster:
         if game.phase is Phase.OVER or game.phase is Phase.LOBBY:
             return
         key = (game_id, str(game.phase), game.round)
-        now = time.monotonic()
-        if key not in self._phase_started:
-            self._phase_started[key] = now
+        if key not in self._phase_started:  # first seen by this leader: publish where it is
+            self._phase_started[key] = time.monotonic()
             await self.publish_state(game_id)
         if key not in self._bots_done:
             self._bots_done.add(key)
             bots = self._bots_of(game_id, state, game)
             for name in list(game.alive):
                 bot = bots.get(name)
-                if bot is None:
+                if bot is None or _acted(game, name):  # acted under an earlier leader
                     continue
                 for command in bot.decide(game.view(name, since=game.seq)):
                     await self.propose(game_id, command, worker=name)
             return  # look again with the bots' actions applied
         length = game.deadline_seconds() or 0.0
-        if (game.everyone_acted() or now - self._phase_started[key] >= length) and (
+        started = state.get("phase_at") or _wall(self._phase_started[key])
+        if (game.everyone_acted() or time.time() - started >= length) and (
             key not in self._advancing
         ):
             self._advancing.add(key)
@@ -295,12 +346,14 @@ class GameMaster:
             self.observe(game_id, list(game.events))
         return bots
 
-    def observe(self, game_id: str, events: list[Event]) -> None:
-        """Events applied from the log reach the bots this leader plays, each once."""
+    def observe(self, game_id: str, events: list[Event] | list[dict[str, Any]]) -> None:
+        """Events as the log applies them, in its order, reach the bots this leader plays,
+        each once."""
         bots = self._bots.get(game_id)
         if bots is None:
             return
-        for event in events:
+        for item in events:
+            event = item if isinstance(item, Event) else Event.from_dict(item)
             if event.seq <= self._seen[game_id]:
                 continue
             self._seen[game_id] = event.seq

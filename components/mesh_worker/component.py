@@ -52,16 +52,21 @@ class MeshWorker(Component):
         s = self.settings
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._beats(), name="mesh-worker-beats")
-            await self._join(client)
-            for n in range(1, s.mesh_worker_agents + 1):
-                agent = f"{self.id}-a{n}"
-                if agent not in self.agents:
-                    result = await client.call("add-agent", agent=agent, state={"counter": 0})
-                    if result.get("ok") or "exists" in str(result.get("error")):
-                        await self._join(client)  # the mesh's word on its version and state
+            await self._provision(client)
             self.joined.set()
             if s.mesh_worker_update_interval > 0:
                 tg.create_task(self._updates(client), name="mesh-worker-updates")
+
+    async def _provision(self, client: MeshClient) -> None:
+        """Join, and add the agents this worker hosts that the mesh does not have (all of
+        them the first time, or after the leader removed it as failed)."""
+        await self._join(client)
+        for n in range(1, self.settings.mesh_worker_agents + 1):
+            agent = f"{self.id}-a{n}"
+            if agent not in self.agents:
+                result = await client.call("add-agent", agent=agent, state={"counter": 0})
+                if result.get("ok") or "exists" in str(result.get("error")):
+                    await self._join(client)  # the mesh's word on its version and state
 
     async def _join(self, client: MeshClient) -> None:
         result = await client.call("join")
@@ -95,11 +100,15 @@ class MeshWorker(Component):
         result = await client.call("update", agent=agent, base=known["version"], patch=patch)
         if result.get("ok"):
             known["version"] = result["version"]
-            known["state"].update({k: v for k, v in patch.items() if v is not None})
+            for key, value in patch.items():  # as the mesh applies it: null removes a key
+                if value is None:
+                    known["state"].pop(key, None)
+                else:
+                    known["state"][key] = value
             return True
         self.stale_updates += 1
         self.log.warning("update of %s refused: %s", agent, result.get("error"))
-        await self._join(client)
+        await self._provision(client)  # the mesh's state again (and our agents, if removed)
         return False
 
     async def _updates(self, client: MeshClient) -> None:

@@ -8,6 +8,7 @@ file per test, shared by the managers as it is under `mapleverse up`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -196,3 +197,29 @@ async def test_a_follower_that_was_away_catches_up_on_large_entries(
             assert time.monotonic() < deadline, back.state.agents.get("big")
             await asyncio.sleep(0.05)
         await client.close()
+
+
+async def test_a_leader_without_a_majority_stops_speaking_as_leader(
+    root: str, store_url: str
+) -> None:
+    """No answer from a majority within the shortest election timeout: another leader may
+    exist, so the old one publishes no status, topology or health, and answers no `status`."""
+    async with mesh(root, store_url) as w:
+        leader = await leader_of(w)
+        assert leader.has_lease()
+        op = w.operator
+        status = await op.subscribe(op.topics["mesh.status"].build(mesh="alpha"))
+        await next_matching(status, lambda m: m.payload.leader == leader.id, TIMEOUT)
+        for other in [m for m in MANAGERS if m != leader.id]:
+            await w.stop(other)
+        lost = time.monotonic()
+        while leader.has_lease():
+            assert time.monotonic() - lost < TIMEOUT
+            await asyncio.sleep(0.02)
+        assert leader.role is Role.LEADER  # it still thinks it leads: nobody told it otherwise
+        await asyncio.sleep(0.05)  # a status already on its way may still arrive
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await status.get(0)
+        with pytest.raises(TimeoutError):  # several status intervals (0.2 s) without one
+            await status.get(1.0)
