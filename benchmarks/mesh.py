@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/mesh.py [--updates 500] [--trials 30] [--store URL]
 
-Starts Mosquitto from the project's config (mosquitto/, via tests/brokers.py) and three mesh
-managers as their own processes (`mapleverse component mesh-manager`), leader heartbeats every
-100 ms and election timeouts of 300-600 ms, one SQLite store (or `--store`).
+Starts Mosquitto from the project's config (mosquitto/, via tests/brokers.py, with the
+deployment's persistence) and three mesh managers as their own processes (`mapleverse component mesh-manager`), leader heartbeats every
+100 ms and election timeouts of 250-450 ms, one SQLite store (or `--store`).
 
 * **Commit latency**: a worker sends `--updates` state updates one after another; each is timed
   from the request to the reply, which the leader sends once the entry is committed on a
@@ -44,7 +44,7 @@ from mesh.payloads import MeshLeader, WorkerBeat  # noqa: E402
 
 MANAGERS = ("m1", "m2", "m3")
 HEARTBEAT = 0.1
-ELECTION = (0.3, 0.6)
+ELECTION = (0.25, 0.45)  # the defaults (MAPLEVERSE_MESH_ELECTION_MIN/MAX)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -69,6 +69,9 @@ class Cluster:
         self.tmp = tmp
         self.store = store
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # one broker user per manager, as a deployment has: a restarted manager resumes its
+        # own session instead of leaving a dead one behind that collects its messages
+        self.users = {node: handle.user("component") for node in MANAGERS}
         self.leaders: list[tuple[float, MeshLeader]] = []
         self.changed = asyncio.Event()
 
@@ -80,7 +83,8 @@ class Cluster:
             "MAPLEVERSE_MESH_ELECTION_MIN": str(ELECTION[0]),
             "MAPLEVERSE_MESH_ELECTION_MAX": str(ELECTION[1]),
             "MAPLEVERSE_STORE_URL": self.store,
-            "MAPLEVERSE_LOG_LEVEL": "WARNING",
+            "MAPLEVERSE_USERNAME": self.users[node][0],
+            "MAPLEVERSE_PASSWORD": self.users[node][1],
         }
         self.procs[node] = self._spawn(
             self.handle, "mesh-manager", root=self.root, id=node, log_dir=self.tmp,
@@ -210,6 +214,7 @@ async def run(handle: Any, tmp: Path, args: argparse.Namespace) -> dict[str, flo
                     await update()
                 killed_at = time.monotonic()
                 cluster.procs[leader.leader].send_signal(signal.SIGKILL)
+                print(f"  trial {trial + 1:2d}: kill at {time.time():.3f}", flush=True)
                 await update()  # returns once a new leader committed it
                 writable.append(time.monotonic() - killed_at)
                 at, new = await cluster.wait_leader(leader.term)
@@ -244,14 +249,35 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=500, help="timed updates (500)")
     parser.add_argument("--trials", type=int, default=30, help="failover trials (30)")
     parser.add_argument("--store", default="", help="store URL (default: a SQLite file)")
+    parser.add_argument("--logs", type=Path, help="keep the managers' logs in this directory")
     args = parser.parse_args()
     import brokers
 
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         print("needs mosquitto (make services)")
         return 1
+    from broker.mosquitto import render_test_conf
+
+    def deployment_like(workdir: Path, sizes: dict[str, int]) -> Any:
+        # The deployment's persistence (autosave every 60 s), not the tests' save-per-change,
+        # as benchmarks/world.py does.
+        handle = brokers._start_mosquitto(workdir, sizes)
+        conf = render_test_conf(
+            handle.port,
+            workdir / "data",
+            workdir / "passwd",
+            workdir / "acl",
+            autosave_on_changes=False,
+        )
+        (workdir / "mosquitto.conf").write_text(conf)
+        return handle
+
+    brokers.register_kind("mosquitto-deployment", deployment_like)
     with tempfile.TemporaryDirectory() as tmp:
-        handle = brokers.start_broker("mosquitto", Path(tmp))
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.logs.resolve())
+        handle = brokers.start_broker("mosquitto-deployment", Path(tmp))
         try:
             print(
                 f"Mosquitto from mosquitto/ on {handle.host}:{handle.port}; {os.cpu_count()} cores"

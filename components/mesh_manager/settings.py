@@ -38,10 +38,10 @@ class MeshManagerSettings(MeshSettings):
         description="the ids of every manager of the mesh, comma-separated (3 or more, odd)",
     )
     mesh_election_min: float = Field(
-        default=0.3, gt=0, description="shortest randomised election timeout, seconds"
+        default=0.25, gt=0, description="shortest randomised election timeout, seconds"
     )
     mesh_election_max: float = Field(
-        default=0.6, gt=0, description="longest randomised election timeout, seconds"
+        default=0.45, gt=0, description="longest randomised election timeout, seconds"
     )
     mesh_worker_misses: int = Field(
         default=3, ge=1, description="heartbeats a worker may miss before it is marked failed"
