@@ -37,6 +37,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 __all__ = ["MeshState", "check_command"]
 
 _ID = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -206,12 +208,29 @@ class MeshState:
         return {"worker": known["worker"], "version": known["version"], "state": known["state"]}
 
     def dump(self) -> dict[str, Any]:
-        """The whole state as JSON (what the leader persists, fenced by its term)."""
-        return {
+        """The whole state as JSON, a copy (what the leader persists, fenced by its term, and
+        each manager's snapshot): `load` of it gives this state back."""
+        data = {
             "mesh": self.mesh,
             "created": self.created,
             "applied": self.applied,
             "workers": {w: list(a) for w, a in self.workers.items()},
             "agents": {a: self.agent(a) for a in self.agents},
             "games": self.games,
+            "requests": {w: list(seen.items()) for w, seen in self._requests.items()},
+        }
+        copied: dict[str, Any] = orjson.loads(orjson.dumps(data))  # nothing shared with us
+        return copied
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Become the state `dump` gave (a snapshot at `applied`): entries up to it are then
+        ignored when the log applies them again."""
+        self.created = data.get("created")
+        self.applied = int(data["applied"])
+        self.workers = {w: list(a) for w, a in data["workers"].items()}
+        self.agents = {a: dict(v) for a, v in data["agents"].items()}
+        self.games = dict(data.get("games", {}))
+        self._requests = {
+            w: OrderedDict((r, dict(result)) for r, result in seen)
+            for w, seen in data.get("requests", {}).items()
         }

@@ -50,16 +50,16 @@ async def mesh(root: str, store_url: str, **settings: Any) -> AsyncIterator[Worl
 
 
 def manager(w: World, node: str, store_url: str) -> MeshManager:
+    settings: dict[str, Any] = {
+        "mesh_election_min": 0.15,
+        "mesh_election_max": 0.3,
+        "mesh_worker_grace": 0.3,
+        "mesh_status_interval": 0.2,
+        **w.common,  # a test's own settings (mesh(..., **settings)) win
+    }
     return MeshManager(
         MeshManagerSettings(
-            id=node,
-            mesh_managers=",".join(MANAGERS),
-            mesh_election_min=0.15,
-            mesh_election_max=0.3,
-            mesh_worker_grace=0.3,
-            mesh_status_interval=0.2,
-            store_url=store_url,
-            **w.common,
+            id=node, mesh_managers=",".join(MANAGERS), store_url=store_url, **settings
         ),
         transport=w.broker.transport(),
     )

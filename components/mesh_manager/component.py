@@ -101,6 +101,9 @@ class MeshManager(Component):
         self._state_dirty = asyncio.Event()
         self._broken: StoreError | None = None
         self._inflight: dict[str, asyncio.Task[Any]] = {}  # request id -> its answer
+        self._owner = f"{self.mesh}/{self.id}"
+        self._snapshot_at = 0  # the applied index of the last snapshot
+        self._snapshotting: asyncio.Task[None] | None = None
         self.fenced_refusals = 0
         """Writes the store refused because a newer leader had written (for tests)."""
 
@@ -120,7 +123,12 @@ class MeshManager(Component):
             if s.log_url() != s.store_url:
                 log_db = await open_store(StoreSettings(url=s.log_url()))
             self._log_store = MeshLogStore(log_db, self.mesh, self.id)
-            self._storage = self._log_store.storage(await self._log_store.load())
+            stored = await self._log_store.load()
+            self._storage = self._log_store.storage(stored)
+            snapshot = await self.db.get_snapshot("raft-state", self._owner, "state")
+            if snapshot is not None and int(snapshot.payload["applied"]) <= len(stored.entries):
+                self.state.load(snapshot.payload)  # the log up to it is applied already
+                self._snapshot_at = self.state.applied
             self.fenced = FencedStore(self.db)
             self.node = RaftNode(
                 self.id,
@@ -284,6 +292,13 @@ class MeshManager(Component):
                 future.set_result(result)
             else:  # another leader's entry took the index: ours was never committed
                 future.set_result(_not_committed())
+        every = self.settings.mesh_snapshot_every
+        busy = self._snapshotting is not None and not self._snapshotting.done()
+        if self.state.applied - self._snapshot_at >= every and not busy:
+            self._snapshot_at = self.state.applied
+            self._snapshotting = asyncio.get_running_loop().create_task(
+                self._snapshot(self.state.dump())
+            )
 
     async def _after_step(self) -> None:
         node = self.node
@@ -493,6 +508,17 @@ class MeshManager(Component):
             if token is not None:
                 await self.write_state(token)
             await asyncio.sleep(s.mesh_heartbeat)
+
+    async def _snapshot(self, state: dict[str, Any]) -> None:
+        """This manager's applied state at an index, for its own restart (in the background:
+        the log holds everything meanwhile)."""
+        assert self.db is not None
+        try:
+            await self.db.put_snapshot("raft-state", self._owner, "state", state)
+        except StoreError as exc:
+            self.log.error(
+                "snapshot at %d not written (the log has it all): %s", state["applied"], exc
+            )
 
     async def write_state(self, token: int) -> bool:
         """Write the applied state for everyone to read, fenced by `token` (the term)."""

@@ -52,6 +52,12 @@ class MeshManagerSettings(MeshSettings):
     mesh_status_interval: float = Field(
         default=1.0, gt=0, description="seconds between the leader's retained status updates"
     )
+    mesh_snapshot_every: int = Field(
+        default=1000,
+        ge=1,
+        description="applied entries between snapshots of a manager's state (a restart "
+        "resumes from its last one)",
+    )
     store_url: str = Field(
         default=DEFAULT_STORE_URL,
         description="sqlite+aiosqlite:///PATH or postgresql+psycopg://USER:PASS@HOST/DB",

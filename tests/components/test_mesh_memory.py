@@ -223,3 +223,42 @@ async def test_a_leader_without_a_majority_stops_speaking_as_leader(
                 await status.get(0)
         with pytest.raises(TimeoutError):  # several status intervals (0.2 s) without one
             await status.get(1.0)
+
+
+async def test_a_restarted_manager_resumes_from_its_snapshot(root: str, store_url: str) -> None:
+    async with mesh(root, store_url, mesh_snapshot_every=10) as w:
+        client = MeshClient(w.operator, "alpha", "w1")
+        assert (await client.call("join"))["ok"]
+        assert (await client.call("add-agent", agent="a", state={}))["ok"]
+        version = 1
+        for n in range(25):
+            result = await client.call("update", agent="a", base=version, patch={"n": n})
+            version = result["version"]
+        leader = await leader_of(w)
+        follower = next(m for m in MANAGERS if m != leader.id)
+        db = await open_store(StoreSettings(url=store_url))
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while (
+                snap := await db.get_snapshot("raft-state", f"alpha/{follower}", "state")
+            ) is None or snap.payload["applied"] < 20:
+                assert time.monotonic() < deadline, "no snapshot of 20 entries or more"
+                await asyncio.sleep(0.05)
+        finally:
+            await db.close()
+        assert snap.payload["agents"]["a"]["version"] > 10  # it holds most of the updates
+        for name in MANAGERS:  # all down: alone, a restarted one hears of no commit
+            await w.stop(name)
+        await w.start(follower, manager(w, follower, store_url))
+        back = w.components[follower]
+        assert isinstance(back, MeshManager)
+        assert back.state.applied >= snap.payload["applied"]  # from its snapshot alone
+        assert back.state.agents["a"] == snap.payload["agents"]["a"]
+        for name in MANAGERS:
+            if name != follower:
+                await w.start(name, manager(w, name, store_url))
+        while back.state.agents["a"]["version"] != version:  # and the rest from the log
+            assert time.monotonic() < deadline + TIMEOUT, back.state.agents["a"]
+            await asyncio.sleep(0.05)
+        assert back.state.agents["a"]["state"] == {"n": 24}
+        await client.close()
