@@ -17,6 +17,7 @@ from store.errors import (
     VersionConflict,
 )
 from store.models import Base, JsonObject, LogEntry, Snapshot
+from store.plain import plain_sqlite
 from store.settings import RedisSettings, StoreSettings
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "StoreUnavailable",
     "VersionConflict",
     "open_store",
+    "plain_sqlite",
 ]

@@ -122,7 +122,9 @@ class MeshManager(Component):
         try:
             if s.log_url() != s.store_url:
                 log_db = await open_store(StoreSettings(url=s.log_url()))
-            self._log_store = MeshLogStore(log_db, self.mesh, self.id)
+            self._log_store = MeshLogStore(
+                log_db, self.mesh, self.id, exclusive=log_db is not self.db
+            )
             stored = await self._log_store.load()
             self._storage = self._log_store.storage(stored)
             snapshot = await self.db.get_snapshot("raft-state", self._owner, "state")

@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.messages import LogEntry
 from mesh.storage import MemoryStorage, StoredState
-from store import Store, models
+from store import Store, models, plain_sqlite
 from store.errors import Fenced, QueryFailed
 from store.models import JsonObject
 
@@ -140,12 +140,14 @@ def _batches(ops: Iterable[_Op]) -> Iterable[_Op]:
 class MeshLogStore:
     """One manager's Raft state in the shared store: term + vote, and its log."""
 
-    def __init__(self, store: Store, mesh: str, node: str) -> None:
+    def __init__(self, store: Store, mesh: str, node: str, *, exclusive: bool = False) -> None:
+        """`exclusive`: nothing else in this process writes to `store` (its own log file),
+        so on SQLite flushes may take the plain connection (`store.plain`)."""
         self.store = store
         self.owner = f"{mesh}/{node}"
         self.stream = f"raft/{mesh}/{node}"
         self._flushing = asyncio.Lock()
-        self._sync = _sync_sqlite(store)
+        self._sync = plain_sqlite(store) if exclusive else None
 
     @property
     def sync_connection(self) -> sqlite3.Connection | None:
@@ -258,17 +260,6 @@ _VOTE_SQL = (
 )
 _APPEND_SQL = 'INSERT INTO log_entries (stream, "index", term, payload) VALUES (?, ?, ?, ?)'
 _TRUNCATE_SQL = 'DELETE FROM log_entries WHERE stream = ? AND "index" >= ?'
-
-
-def _sync_sqlite(store: Store) -> sqlite3.Connection | None:
-    """A plain connection to the store's SQLite file (None for any other database)."""
-    url = store.engine.url
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    conn = sqlite3.connect(url.database, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.execute("PRAGMA synchronous=NORMAL")  # the file is in WAL mode already (open_store)
-    return conn
 
 
 @dataclass(frozen=True, slots=True)

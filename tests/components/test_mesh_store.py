@@ -82,7 +82,7 @@ def _statements(db: Store, log: MeshLogStore | None = None) -> list[str]:
 
 async def test_term_vote_and_log_survive_a_restart(db_url: str) -> None:
     db = await open_store(StoreSettings(url=db_url))
-    log = MeshLogStore(db, "m1", "n1")
+    log = MeshLogStore(db, "m1", "n1", exclusive=True)
     storage = log.storage(await log.load())
     assert storage.load() == (0, None, ())
     storage.save_term_vote(1, "n2")
@@ -94,7 +94,7 @@ async def test_term_vote_and_log_survive_a_restart(db_url: str) -> None:
 
     db = await open_store(StoreSettings(url=db_url))
     try:
-        state = await MeshLogStore(db, "m1", "n1").load()
+        state = await MeshLogStore(db, "m1", "n1", exclusive=True).load()
     finally:
         await db.close()
     assert state == storage.load()
@@ -107,7 +107,7 @@ async def test_term_vote_and_log_survive_a_restart(db_url: str) -> None:
 
 
 async def test_a_truncated_log_is_appended_again(db: Store) -> None:
-    log = MeshLogStore(db, "m1", "n1")
+    log = MeshLogStore(db, "m1", "n1", exclusive=True)
     storage = log.storage(await log.load())
     storage.append(_entries(1, 1, 4))
     await log.flush(storage)
@@ -124,7 +124,7 @@ async def test_a_truncated_log_is_appended_again(db: Store) -> None:
 
 
 async def test_a_failed_flush_stores_nothing_of_it(db: Store) -> None:
-    log = MeshLogStore(db, "m1", "n1")
+    log = MeshLogStore(db, "m1", "n1", exclusive=True)
     storage = log.storage(await log.load())
     storage.save_term_vote(1, "n1")
     storage.append(_entries(1, 1, 3))
@@ -141,7 +141,7 @@ async def test_a_failed_flush_stores_nothing_of_it(db: Store) -> None:
 
 
 async def test_a_failed_flush_can_be_tried_again(db: Store) -> None:
-    log = MeshLogStore(db, "m1", "n1")
+    log = MeshLogStore(db, "m1", "n1", exclusive=True)
     storage = log.storage(await log.load())
     storage.save_term_vote(1, "n1")
     storage.append(_entries(1, 1, 2))
@@ -158,7 +158,7 @@ async def test_a_failed_flush_can_be_tried_again(db: Store) -> None:
 
 
 async def test_nothing_pending_sends_nothing(db: Store) -> None:
-    log = MeshLogStore(db, "m1", "n1")
+    log = MeshLogStore(db, "m1", "n1", exclusive=True)
     storage = log.storage(await log.load())
     sent = _statements(db, log)
     assert await log.flush(storage) == 0
@@ -171,7 +171,7 @@ async def test_nothing_pending_sends_nothing(db: Store) -> None:
 
 
 async def test_consecutive_appends_are_one_write_in_one_transaction(db: Store) -> None:
-    log = MeshLogStore(db, "m1", "n1")
+    log = MeshLogStore(db, "m1", "n1", exclusive=True)
     storage = log.storage(await log.load())
     storage.save_term_vote(1, None)
     storage.save_term_vote(1, "n1")
