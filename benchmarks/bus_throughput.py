@@ -309,24 +309,9 @@ def main() -> int:
     if not shutil.which("mosquitto_pub") or not brokers.require_binary("mosquitto"):
         print("needs mosquitto and mosquitto-clients (make services)")
         return 1
-    from broker.mosquitto import render_test_conf
 
-    def deployment_like(workdir: Path, sizes: dict[str, int]):  # type: ignore[no-untyped-def]
-        # The deployment's persistence (autosave every 60 s), not the tests' save-per-change.
-        handle = brokers._start_mosquitto(workdir, sizes)
-        conf = render_test_conf(
-            handle.port,
-            workdir / "data",
-            workdir / "passwd",
-            workdir / "acl",
-            autosave_on_changes=False,
-        )
-        (workdir / "mosquitto.conf").write_text(conf)
-        return handle
-
-    brokers.register_kind("mosquitto-deployment", deployment_like)
     with tempfile.TemporaryDirectory() as tmp:
-        handle = brokers.start_broker("mosquitto-deployment", Path(tmp))
+        handle = brokers.start_deployment_mosquitto(Path(tmp))
         try:
             pad = _pad_for_100_bytes()
             print(

@@ -256,28 +256,12 @@ def main() -> int:
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         print("needs mosquitto (make services)")
         return 1
-    from broker.mosquitto import render_test_conf
 
-    def deployment_like(workdir: Path, sizes: dict[str, int]) -> Any:
-        # The deployment's persistence (autosave every 60 s), not the tests' save-per-change,
-        # as benchmarks/world.py does.
-        handle = brokers._start_mosquitto(workdir, sizes)
-        conf = render_test_conf(
-            handle.port,
-            workdir / "data",
-            workdir / "passwd",
-            workdir / "acl",
-            autosave_on_changes=False,
-        )
-        (workdir / "mosquitto.conf").write_text(conf)
-        return handle
-
-    brokers.register_kind("mosquitto-deployment", deployment_like)
     with tempfile.TemporaryDirectory() as tmp:
         if args.logs:
             args.logs.mkdir(parents=True, exist_ok=True)
             tmp = str(args.logs.resolve())
-        handle = brokers.start_broker("mosquitto-deployment", Path(tmp))
+        handle = brokers.start_deployment_mosquitto(Path(tmp))
         try:
             print(
                 f"Mosquitto from mosquitto/ on {handle.host}:{handle.port}; {os.cpu_count()} cores"

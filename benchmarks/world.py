@@ -933,26 +933,10 @@ def main() -> int:
 
     import brokers
 
-    from broker.mosquitto import render_test_conf
-
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         print("needs mosquitto (make services)")
         return 1
 
-    def deployment_like(workdir: Path, sizes: dict[str, int]) -> Any:
-        # The deployment's persistence (autosave every 60 s), not the tests' save-per-change.
-        handle = brokers._start_mosquitto(workdir, sizes)
-        conf = render_test_conf(
-            handle.port,
-            workdir / "data",
-            workdir / "passwd",
-            workdir / "acl",
-            autosave_on_changes=False,
-        )
-        (workdir / "mosquitto.conf").write_text(conf)
-        return handle
-
-    brokers.register_kind("mosquitto-deployment", deployment_like)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
@@ -960,7 +944,7 @@ def main() -> int:
             args.store_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(dir=args.store_dir))
             )
-        handle = brokers.start_broker("mosquitto-deployment", Path(tmp))
+        handle = brokers.start_deployment_mosquitto(Path(tmp))
         try:
             print(
                 f"Mosquitto from mosquitto/ on {handle.host}:{handle.port}; {os.cpu_count()} "

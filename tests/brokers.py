@@ -55,6 +55,7 @@ __all__ = [
     "Received",
     "free_port",
     "register_kind",
+    "start_deployment_mosquitto",
     "require_binary",
     "start_broker",
     "wait_for_port",
@@ -411,6 +412,25 @@ def start_broker(
     workdir = Path(tmp_path) / kind
     workdir.mkdir(parents=True, exist_ok=True)
     handle = spec.start(workdir, dict(pool_sizes or POOL_SIZES))
+    handle.start()
+    return handle
+
+
+def start_deployment_mosquitto(tmp_path: Path) -> BrokerHandle:
+    """Mosquitto as `start_broker("mosquitto")` starts it, but with the deployment's
+    persistence (autosave every 60 s) instead of the tests' save-after-every-change: what the
+    benchmarks measure against. Not a fixture kind."""
+    workdir = Path(tmp_path) / "mosquitto-deployment"
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = _start_mosquitto(workdir, dict(POOL_SIZES))
+    conf = render_test_conf(
+        handle.port,
+        workdir / "data",
+        workdir / "passwd",
+        workdir / "acl",
+        autosave_on_changes=False,
+    )
+    (workdir / "mosquitto.conf").write_text(conf)
     handle.start()
     return handle
 
