@@ -6,7 +6,7 @@ mapleverse mesh agents [--agent A | --worker W]          agents, their versions 
 mapleverse mesh join WORKER                              a worker's place in the mesh
 mapleverse mesh provision WORKER [--agents N]            ... with N agents for it
 mapleverse mesh terminate (--worker W | --agent A)       out of the mesh
-mapleverse mafia [--players N] [--human NAME ...] [--day S] [--night S] [--seed N]
+mapleverse mafia [--players N] [--human NAME ...] [--bots-on WORKER] [--day S] [--night S]
 mapleverse mafia --play GAME --as NAME [--password P]   play a seat from this terminal
 
 Requests go to `rpc/mesh-{mesh}/{method}`, which only the leader answers; during an election
@@ -68,6 +68,11 @@ def add_parsers(sub: Any) -> None:
     mafia.add_argument("--day", type=float, default=None, help="seconds of a day")
     mafia.add_argument("--night", type=float, default=None, help="seconds of a night")
     mafia.add_argument("--seed", type=int, default=None)
+    mafia.add_argument(
+        "--bots-on",
+        metavar="WORKER",
+        help="the worker whose agents the bots are, and which plays them (default: the leader)",
+    )
     mafia.add_argument("--game", help="the game's id (default: a new one)")
     mafia.add_argument("--play", metavar="GAME", help="play a seat of GAME from this terminal")
     mafia.add_argument("--as", dest="player", metavar="NAME", help="--play: your agent id")
@@ -177,6 +182,8 @@ async def _mafia(bus: Bus, args: argparse.Namespace) -> None:
     }
     if args.seed is not None:
         kw["seed"] = args.seed
+    if args.bots_on:
+        kw["host"] = args.bots_on
     if args.game:
         kw["game"] = args.game
     started = await _call(bus, args, "mafia-start", **kw)

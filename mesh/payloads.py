@@ -128,6 +128,7 @@ class GameState(Payload):
     deadline: float | None = Field(default=None, description="Wall clock the phase ends at.")
     winner: str | None = None
     bots: list[str] = Field(default_factory=list)
+    host: str | None = Field(default=None, description="The worker that plays the bots.")
 
 
 class PlayerView(Payload):

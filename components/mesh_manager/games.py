@@ -13,7 +13,9 @@ The leader is the game master:
   and each player's secret view (its role, the detective's findings, its last reply) on
   `.../player/{agent}` (retained, readable by that agent alone);
 * it ends a phase when everyone who must act has acted or its timer runs out;
-* it plays the bots (hosted players), which go through the same rules as anyone.
+* it plays the bots, which go through the same rules as anyone, unless the game names a
+  worker to host them (`host`): then they are that worker's agents, and it plays them
+  (`components.mesh_worker.players`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def mafia_rules(
     phase_at = None if state is None else state.get("phase_at")
     if any(e.kind in (Kind.STARTED, Kind.PHASE) for e in outcome.events):
         phase_at = command.get("at")  # the leader's clock, in the log: it survives a failover
-    new = {"rules": game.to_dict(), "bots": bots, "phase_at": phase_at}
+    host = command.get("host") if state is None else state.get("host")
+    new = {"rules": game.to_dict(), "bots": bots, "host": host, "phase_at": phase_at}
     return new, {"ok": True, "events": [e.to_dict() for e in outcome.events]}
 
 
@@ -91,6 +94,11 @@ class GameMaster:
         self._seen: dict[str, int] = {}  # game -> the last event seq its bots observed
         self.wake = asyncio.Event()
 
+    @property
+    def playing(self) -> list[str]:
+        """The games whose bots this leader plays."""
+        return sorted(self._bots)
+
     def reset(self) -> None:
         """Leadership changed: timers, bots and what they saw are rebuilt from the log."""
         self._phase_started.clear()
@@ -112,6 +120,18 @@ class GameMaster:
         bots = [n for n in NAMES if n not in humans][: count - len(humans)]
         players = humans + bots
         seed = int(args.get("seed", random.randrange(2**31)))
+        host = args.get("host")
+        if host is not None:  # the bots are agents of that worker, which plays them
+            host = str(host)
+            joined = await self.manager.propose({"op": "join", "worker": host})
+            if not joined.get("ok"):
+                return joined
+            for name in bots:
+                added = await self.manager.propose(
+                    {"op": "add_agent", "worker": host, "agent": f"{game_id}-{name}", "state": {}}
+                )
+                if not added.get("ok") and "exists" not in str(added.get("error")):
+                    return added
         command = {
             "op": "start",
             "players": players,
@@ -125,6 +145,7 @@ class GameMaster:
                 "game": game_id,
                 "command": command,
                 "bots": bots,
+                "host": host,
                 "request": request,
                 "at": time.time(),
             }
@@ -133,7 +154,14 @@ class GameMaster:
             return result
         if not result.get("duplicate"):
             await self.published(game_id, result.get("events", []))
-        return {"ok": True, "game": game_id, "players": players, "bots": bots, "seed": seed}
+        return {
+            "ok": True,
+            "game": game_id,
+            "players": players,
+            "bots": bots,
+            "host": host,
+            "seed": seed,
+        }
 
     async def story(self, args: dict[str, Any]) -> dict[str, Any]:
         """`mafia-story`: the public story of a game so far, its phase and its winner."""
@@ -262,6 +290,7 @@ class GameMaster:
             deadline=None if started is None or length is None else started + length,
             winner=view["winner"],
             bots=list(state["bots"]),
+            host=state.get("host"),
         )
         with contextlib.suppress(BusError):
             await self.manager.bus.publish(
@@ -310,7 +339,7 @@ class GameMaster:
         if key not in self._phase_started:  # first seen by this leader: publish where it is
             self._phase_started[key] = time.monotonic()
             await self.publish_state(game_id)
-        if key not in self._bots_done:
+        if key not in self._bots_done and state.get("host") is None:  # we play the bots
             self._bots_done.add(key)
             bots = self._bots_of(game_id, state, game)
             for name in list(game.alive):

@@ -3,6 +3,7 @@
 Publishes                                   Requests (to the leader)
   mesh/{m}/worker/{me}/hb   QoS 1 beats        join (gets its agents' state back),
                             to every manager   add-agent, update (incremental, versioned)
+  mesh/{m}/game/{g}/act/{bot}  the actions of the Mafia bots it hosts (players.py)
 
 On start it joins; the answer carries the state of the agents the mesh already has for it, so
 a worker that restarts or reconnects picks up where the mesh says it was. Each agent's state is
@@ -19,6 +20,7 @@ from typing import Any
 
 from bus import Bus, BusError
 from components.mesh_worker.client import MeshClient, MeshRequestError
+from components.mesh_worker.players import BotPlayers
 from components.mesh_worker.settings import MeshWorkerSettings
 from components.runtime.component import Component
 from mesh.payloads import WorkerBeat
@@ -37,6 +39,7 @@ class MeshWorker(Component):
         self.agents: dict[str, dict[str, Any]] = {}
         """Agent -> {"version", "state"}: what the mesh last confirmed."""
         self.joined = asyncio.Event()
+        self.players = BotPlayers(self)
         self.stale_updates = 0
 
     async def main(self, bus: Bus) -> None:
@@ -50,8 +53,14 @@ class MeshWorker(Component):
 
     async def _work(self, client: MeshClient) -> None:
         s = self.settings
+        t = self.topics
+        states = self.bus.subscribe(t["mafia.state"].build(mesh=self.mesh))
+        views = self.bus.subscribe(t["mafia.player"].build(mesh=self.mesh))
+        for sub in (states, views):
+            await sub.start()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._beats(), name="mesh-worker-beats")
+            tg.create_task(self.players.follow(states, views), name="mesh-worker-bots")
             await self._provision(client)
             self.joined.set()
             if s.mesh_worker_update_interval > 0:

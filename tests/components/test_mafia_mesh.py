@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from helpers import next_matching
-from meshes import MANAGERS, leader_of, mesh
+from meshes import MANAGERS, leader_of, mesh, worker
 from worlds import TIMEOUT
 
 from bus import Bus, BusSettings
 from bus.payloads import RpcRequest
 from components.mesh_manager import MeshManager
+from components.mesh_worker import MeshWorker
 from mafia import Game, Phase
 from mesh.payloads import GameAction
 
@@ -130,3 +131,27 @@ async def test_the_leader_killed_mid_game_and_the_game_goes_on(root: str, store_
         final = Game.from_dict(new.state.games["g3"]["rules"])
         assert final.phase is Phase.OVER
         assert [e.to_dict() for e in final.events[: len(seen)]] == seen  # nothing lost
+
+
+async def test_bots_hosted_by_a_worker_are_its_agents_and_it_plays_them(
+    root: str, store_url: str
+) -> None:
+    async with mesh(root, store_url) as w:
+        op = w.operator
+        await leader_of(w)
+        await w.start("w1", worker(w, "w1", mesh_worker_agents=0, mesh_worker_update_interval=0))
+        w1 = w.components["w1"]
+        assert isinstance(w1, MeshWorker)
+        await asyncio.wait_for(w1.joined.wait(), TIMEOUT)
+        events = await op.subscribe(op.topics["mafia.events"].build(mesh="alpha", game="g4"))
+        started = await call(
+            op, "mafia-start", game="g4", players=12, seed=5, host="w1",
+            day_seconds=5, night_seconds=5,
+        )  # fmt: skip
+        assert started["host"] == "w1"
+        leader = await leader_of(w)
+        assert set(leader.state.workers["w1"]) == {f"g4-{b}" for b in started["bots"]}
+        won = await next_matching(events, lambda m: m.payload.kind == "won", 30)
+        assert "wins" in won.payload.line
+        assert w1.players.actions >= 12  # the worker played them, through the act topics
+        assert leader.games.playing == []  # and the leader did not
