@@ -94,8 +94,11 @@ class DistrictServer(Component):
     async def main(self, bus: Bus) -> None:
         s = self.settings
         db = await open_store(StoreSettings(url=s.store_url))
+        journal = db
         try:
-            self.store = DistrictStore(db, self.world, self.id)
+            if s.journal_url() != s.store_url:
+                journal = await open_store(StoreSettings(url=s.journal_url()))
+            self.store = DistrictStore(db, self.world, self.id, journal)
             if await self.store.load(self.district):
                 self.log.info(
                     "resumed at tick %d with %d entities, %d in flight",
@@ -129,6 +132,10 @@ class DistrictServer(Component):
                 state["journal"] = self.store.last_index
                 with contextlib.suppress(StoreError):
                     await self.store.snapshot(state)
+            if self.store is not None:
+                self.store.close()
+            if journal is not db:
+                await journal.close()
             await db.close()
 
     async def _collect(self, name: str, sub: Any) -> None:

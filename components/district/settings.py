@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -13,6 +15,16 @@ __all__ = ["DistrictSettings"]
 class DistrictSettings(WorldSettings):
     model_config = SettingsConfigDict(env_prefix="MAPLEVERSE_", frozen=True, extra="ignore")
 
+    def journal_url(self) -> str:
+        """Where this server's journal lives (`district_journal_url`, or its default)."""
+        if self.district_journal_url:
+            return self.district_journal_url
+        prefix = "sqlite+aiosqlite:///"
+        if self.store_url.startswith(prefix):
+            path = PurePosixPath(self.store_url.removeprefix(prefix))
+            return prefix + str(path.with_name(f"district-{self.world}-{self.id}.db"))
+        return self.store_url
+
     district_snapshot_every: int = Field(
         default=30, ge=1, description="ticks between retained region snapshots (and persists)"
     )
@@ -21,6 +33,12 @@ class DistrictSettings(WorldSettings):
         gt=0,
         description="seconds between writes of the whole state (owner changes are journalled "
         "at once)",
+    )
+    district_journal_url: str = Field(
+        default="",
+        description="where a district server journals changes of owner (a store URL); empty: "
+        "on SQLite a file of its own beside the store's (district-WORLD-ID.db), else the "
+        "store URL",
     )
     district_halo: float = Field(
         default=10.0, ge=0, description="distance from a border within which neighbours see"

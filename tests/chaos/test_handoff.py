@@ -26,7 +26,7 @@ from helpers import reap, spawn_component
 
 from bus import Bus, BusSettings
 from bus.payloads import RpcRequest
-from components.district import District, DistrictStore
+from components.district import District, DistrictSettings, DistrictStore
 from store import StoreSettings, open_store
 from world.behaviours import default_registry
 from world.payloads import Bounds, DistrictControl, EntityColumns, StepReport, SwarmSpec
@@ -172,7 +172,12 @@ async def test_a_thousand_crossings_with_a_district_killed_lose_and_duplicate_no
         owned: dict[str, list[str]] = defaultdict(list)
         for d in ("d1", "d2"):
             district = District(d, default_registry())
-            assert await DistrictStore(store, "main", d).load(district)
+            journal_url = DistrictSettings(id=d, store_url=db).journal_url()
+            journal = await open_store(StoreSettings(url=journal_url))
+            try:
+                assert await DistrictStore(store, "main", d, journal).load(district)
+            finally:
+                await journal.close()
             assert len(district.ledger) == 0, f"{d} still has entities in flight"
             for entity in district.table.ids:
                 owned[entity].append(d)
