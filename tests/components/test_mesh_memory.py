@@ -210,7 +210,10 @@ async def test_a_leader_without_a_majority_stops_speaking_as_leader(
     exist, so the old one publishes no status, topology or health, and answers no `status`."""
     async with mesh(root, store_url) as w:
         leader = await leader_of(w)
-        assert leader.has_lease()
+        deadline = time.monotonic() + TIMEOUT
+        while not leader.has_lease():  # from the first answers to its first heartbeats
+            assert time.monotonic() < deadline, "the leader never got a majority's answers"
+            await asyncio.sleep(0.02)
         op = w.operator
         status = await op.subscribe(op.topics["mesh.status"].build(mesh="alpha"))
         await next_matching(status, lambda m: m.payload.leader == leader.id, TIMEOUT)
