@@ -57,10 +57,15 @@ async def test_a_game_of_bots_plays_to_its_end_and_tells_its_story(
         assert story["phase"] == "over" and story["winner"] in {"town", "mafia"}
         assert story["story"][0].startswith("12 players sit down")
         assert any("wins after" in line for line in story["story"])
-        # every manager holds the same finished game, from the log
-        await asyncio.sleep(0.3)
-        games = {m: w.components[m].state.games["g1"]["rules"] for m in MANAGERS}  # type: ignore[attr-defined]
-        assert games["m1"] == games["m2"] == games["m3"]
+        # every manager holds the same finished game, from the log (within a beat)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            games = [w.components[m].state.games.get("g1", {}).get("rules") for m in MANAGERS]  # type: ignore[attr-defined]
+            if games[0] == games[1] == games[2]:
+                break
+            assert time.monotonic() < deadline, [g and g["phase"] for g in games]
+            await asyncio.sleep(0.02)
+        assert games[0] is not None and games[0]["phase"] == "over"
 
 
 async def test_a_person_plays_sees_only_their_role_and_bad_input_changes_nothing(
