@@ -6,10 +6,12 @@ naming the variable, e.g. ``MAPLEVERSE_STORE_URL: expected ...``.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_STORE_URL", "RedisSettings", "StoreSettings"]
+__all__ = ["DEFAULT_STORE_URL", "RedisSettings", "StoreSettings", "own_sqlite_url"]
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///.mapleverse/mapleverse.db"
 _DRIVERS = ("sqlite+aiosqlite://", "postgresql+psycopg://")
@@ -48,3 +50,12 @@ class RedisSettings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("a URL starting with redis://, rediss:// or unix://")
         return value
+
+
+def own_sqlite_url(store_url: str, name: str) -> str:
+    """A SQLite file `name` beside `store_url`'s, for a writer that needs a file of its own
+    (`store.plain`); any other database: `store_url` itself."""
+    prefix = "sqlite+aiosqlite:///"
+    if not store_url.startswith(prefix):
+        return store_url
+    return prefix + str(PurePosixPath(store_url.removeprefix(prefix)).with_name(name))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from components.runtime.settings import WorldSettings
+from store.settings import own_sqlite_url
 
 __all__ = ["DistrictSettings"]
 
@@ -19,11 +18,7 @@ class DistrictSettings(WorldSettings):
         """Where this server's journal lives (`district_journal_url`, or its default)."""
         if self.district_journal_url:
             return self.district_journal_url
-        prefix = "sqlite+aiosqlite:///"
-        if self.store_url.startswith(prefix):
-            path = PurePosixPath(self.store_url.removeprefix(prefix))
-            return prefix + str(path.with_name(f"district-{self.world}-{self.id}.db"))
-        return self.store_url
+        return own_sqlite_url(self.store_url, f"district-{self.world}-{self.id}.db")
 
     district_snapshot_every: int = Field(
         default=30, ge=1, description="ticks between retained region snapshots (and persists)"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from components.runtime.settings import ComponentSettings
-from store.settings import DEFAULT_STORE_URL
+from store.settings import DEFAULT_STORE_URL, own_sqlite_url
 
 __all__ = ["MeshSettings", "MeshManagerSettings"]
 
@@ -103,8 +102,4 @@ class MeshManagerSettings(MeshSettings):
         """Where this manager's Raft log lives (`mesh_log_url`, or its default)."""
         if self.mesh_log_url:
             return self.mesh_log_url
-        prefix = "sqlite+aiosqlite:///"
-        if self.store_url.startswith(prefix):
-            path = PurePosixPath(self.store_url.removeprefix(prefix))
-            return prefix + str(path.with_name(f"mesh-{self.mesh}-{self.id}.db"))
-        return self.store_url
+        return own_sqlite_url(self.store_url, f"mesh-{self.mesh}-{self.id}.db")
