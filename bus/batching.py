@@ -53,6 +53,10 @@ class BatchPublisher:
             raise TopicError(f"cannot publish to the filter {topic!r}", topic=topic)
         self.bus = bus
         self.topic = topic
+        self._topic = str(topic)
+        self._retain = topic.spec.retain
+        # QoS 0: a batch goes on the wire as soon as it is encoded, when nothing waits before it
+        self._now = int(topic.spec.qos) == 0
         self.fields = tuple(fields)
         self.max_delay = max_delay
         self.max_records = max_records
@@ -137,7 +141,12 @@ class BatchPublisher:
                     raise PacketTooLarge(len(data), budget, topic=self.topic)
                 self._chunk = max(1, int(k * budget * 0.95 / len(data)))
                 continue
-            self._outbox.append(data)
+            if (
+                self._outbox
+                or not self._now
+                or not self.bus.publish_now(self._topic, data, self._retain)
+            ):
+                self._outbox.append(data)
             self.batches += 1
             self.records += k
             start += k
@@ -174,6 +183,8 @@ class BatchPublisher:
     def _flush_now(self) -> None:
         data = self._take()
         if data is None:
+            return
+        if not self._outbox and self._now and self.bus.publish_now(self._topic, data, self._retain):
             return
         self._outbox.append(data)
         if self._sender is None or self._sender.done():

@@ -349,18 +349,7 @@ class Bus:
         self, topic: str, data: bytes, qos: int, retain: bool, *, wait: bool = False
     ) -> None:
         """Publish an already encoded payload (the batching publisher and the DLQ use this)."""
-        btopic = self._topic_cache.get(topic)
-        if btopic is None:
-            validate_topic(topic)
-            btopic = topic.encode()
-            if len(self._topic_cache) > 4096:
-                self._topic_cache.clear()
-            self._topic_cache[topic] = btopic
-        # a PUBLISH's size on the wire: header (<= 5), topic length (2), topic, packet id (2)
-        if len(data) + len(btopic) + 9 > self.settings.max_packet_size:
-            size = packets.publish_size(btopic, data, qos)
-            if size > self.settings.max_packet_size:
-                raise PacketTooLarge(size, self.settings.max_packet_size, topic=topic)
+        btopic = self._wire_topic(topic, data, qos)
         if self._closing:
             raise NotConnected("bus closed")
         if qos == 0:
@@ -383,6 +372,36 @@ class Bus:
         self.metrics.published.inc()
         if done is not None:
             await done
+
+    def publish_now(self, topic: str, data: bytes, retain: bool = False) -> bool:
+        """Write an encoded QoS 0 message to the connection at once, when that needs no wait:
+        connected, and the connection not pushing back. False when it would have to wait; the
+        caller queues it (the batching publisher streams its chunks this way, each on the wire
+        as soon as it is encoded)."""
+        btopic = self._wire_topic(topic, data, 0)
+        conn = self._conn
+        if self._closing or conn is None or conn.write_paused:
+            return False
+        conn.write_publish(btopic, data, 0, retain, 0, False)
+        self.metrics.published.inc()
+        return True
+
+    def _wire_topic(self, topic: str, data: bytes, qos: int) -> bytes:
+        """The topic's bytes (validated once, cached), and the message checked to fit the
+        broker's packet limit."""
+        btopic = self._topic_cache.get(topic)
+        if btopic is None:
+            validate_topic(topic)
+            btopic = topic.encode()
+            if len(self._topic_cache) > 4096:
+                self._topic_cache.clear()
+            self._topic_cache[topic] = btopic
+        # a PUBLISH's size on the wire: header (<= 5), topic length (2), topic, packet id (2)
+        if len(data) + len(btopic) + 9 > self.settings.max_packet_size:
+            size = packets.publish_size(btopic, data, qos)
+            if size > self.settings.max_packet_size:
+                raise PacketTooLarge(size, self.settings.max_packet_size, topic=topic)
+        return btopic
 
     def _on_acked(self, pid: int) -> None:
         self._inflight.ack(pid)

@@ -5,7 +5,7 @@ and those clients hide: TCP_NODELAY on the socket (paho never sets it: a QoS 1 r
 Mosquitto took 88 ms without it and 0.32 ms with it, here), a Will built afresh for every
 connection (the Sparkplug epoch), backpressure that stops reading the socket instead of
 queueing without bound or dropping acknowledged messages, and write coalescing (one send per
-event-loop turn, not one per message). docs/performance.md has the measurements.
+event-loop turn, not one per message; large writes go at once). docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from bus.transport.base import Connection, ConnectParams, Incoming, Sink, Transp
 
 _WRITE_HIGH = 1024 * 1024
 _WRITE_LOW = 256 * 1024
+# Writes are coalesced into one send per event-loop turn, unless this many bytes wait: then they
+# go at once, so a producer that encodes a burst of large batches in one go (a district's tick)
+# puts each on the wire as it is made instead of all at its end.
+_SEND_AT = 32 * 1024
 
 
 class _Protocol(asyncio.Protocol):
@@ -33,6 +37,7 @@ class _Protocol(asyncio.Protocol):
         self.connack: asyncio.Future[tuple[bool, int]] = loop.create_future()
         self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.out: list[bytes] = []
+        self.out_size = 0
         self.flush_scheduled = False
         self.write_paused = False
         self.drained = asyncio.Event()
@@ -140,18 +145,25 @@ class _Protocol(asyncio.Protocol):
     # -- writing ------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         self.out.append(data)
-        if not self.flush_scheduled:
+        self.out_size += len(data)
+        if self.out_size >= _SEND_AT:
+            self.flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
-        self.flush_scheduled = False
         if self.out and self.transport is not None and not self.closed:
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out.clear()
             self.transport.write(data)
         else:
             self.out.clear()
+        self.out_size = 0
 
     def _fail(self, exc: BaseException) -> None:
         if self.transport is not None:

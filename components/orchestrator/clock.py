@@ -6,6 +6,13 @@ of losing ticks (EVE Online's time dilation). The wait for slow districts is cap
 `budget / floor`: at the floor the clock ticks on, and late districts work through the ticks
 waiting for them in order (none is skipped). Simulated time per tick stays `1 / rate`, so a
 dilated world runs slower, not differently.
+
+Ticks are due on a fixed schedule (`start + k * budget`), not a budget after the previous tick
+went out: a timer that wakes a little late (the event loop's jitter, a fraction of a
+millisecond) is made up on the next tick instead of adding up, so an idle box keeps the target
+rate exactly. A tick later than `LATE` of a budget (a district held it up) starts a new schedule
+from when it went: the clock does not rush the next ticks to catch up, which would take the
+districts' budget away; that lost time is the dilation.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = ["Clock"]
+
+LATE = 0.25  # of a budget: a tick later than this starts a new schedule (no catch-up burst)
 
 
 @dataclass(slots=True)
@@ -24,6 +33,7 @@ class Clock:
     dilation: float = 1.0  # achieved / target, smoothed
     achieved: float = 0.0  # achieved ticks per second, smoothed
     _sent_at: float | None = None  # when the current tick went out
+    _due: float | None = None  # when the current tick was due on the schedule
     _waiting: set[str] = field(default_factory=set)
     _smoothing: float = 0.1
 
@@ -54,6 +64,10 @@ class Clock:
             a = self._smoothing
             self.achieved = (1 - a) * self.achieved + a * (1.0 / interval)
             self.dilation = min(1.0, max(self.floor, self.achieved / self.rate))
+        if self._due is None or now - (self._due + self.budget) > LATE * self.budget:
+            self._due = now  # first tick, or held up: a new schedule from here
+        else:
+            self._due += self.budget
         self.tick += 1
         self._sent_at = now
         self._waiting = set(districts)
@@ -70,9 +84,9 @@ class Clock:
     def next_at(self) -> float:
         """When the next tick may go: the budget's end, later while districts are still busy
         (at most until the floor's stretch)."""
-        if self._sent_at is None:
+        if self._sent_at is None or self._due is None:
             return 0.0
-        due = self._sent_at + self.budget
+        due = self._due + self.budget
         if self._waiting:
             return max(due, self._sent_at + self.budget / self.floor)
         return due
@@ -80,13 +94,13 @@ class Clock:
     def ready(self, now: float) -> bool:
         if self.paused:
             return False
-        if self._sent_at is None:
+        if self._sent_at is None or self._due is None:
             return True
-        if now < self._sent_at + self.budget:
+        if now < self._due + self.budget:
             return False
         return not self._waiting or now >= self._sent_at + self.budget / self.floor
 
     def resume(self) -> None:
         self.paused = False
-        self._sent_at = None  # no dilation for the time spent paused
+        self._sent_at = self._due = None  # no dilation for the time spent paused
         self._waiting.clear()

@@ -43,6 +43,25 @@ class TestClock:
         assert clock.dilation == pytest.approx(1.0, abs=1e-6)
         assert clock.tick == 50
 
+    def test_a_timer_that_wakes_late_does_not_slow_the_clock(self) -> None:
+        clock = Clock(rate=60)
+        now = 0.0
+        for _ in range(600):  # every wake 0.6 ms late: the event loop's jitter
+            tick = clock.start_tick(now, {"d1"})
+            clock.reported("d1", tick)
+            now = clock.next_at() + 0.0006
+        assert now == pytest.approx(10.0 + 0.0006)  # 600 ticks in 10 s: 60 a second, not 58
+        assert clock.dilation == pytest.approx(1.0, abs=1e-3)
+
+    def test_a_held_up_tick_is_not_made_up_by_rushing_the_next(self) -> None:
+        clock = Clock(rate=10)
+        clock.reported("d1", clock.start_tick(0.0, {"d1"}))
+        assert clock.next_at() == pytest.approx(0.1)
+        tick = clock.start_tick(0.1, {"d1"})
+        clock.reported("d1", tick)  # the tick after this one went 50 ms late
+        clock.reported("d1", clock.start_tick(0.25, {"d1"}))
+        assert clock.next_at() == pytest.approx(0.35)  # a whole budget after it, not 0.3
+
     def test_a_slow_district_dilates_time_instead_of_dropping_ticks(self) -> None:
         clock = Clock(rate=10, floor=0.1)
         now = 0.0
