@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,14 +103,19 @@ class BatchPublisher:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._flush_now)
 
     def add_columns(
-        self, columns: Mapping[str, Sequence[Any]], meta: Mapping[str, Any] | None = None
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        meta: Mapping[str, Any] | None = None,
+        *,
+        stamp: str | None = None,
     ) -> None:
         """Add many records at once, already columnar (the fast path for a producer that
         holds arrays): `{"id": [...], "x": [...], ...}` with every field of `fields`.
 
         Split into messages under the packet limit by encoding whole chunks (sized from the
         previous chunk's bytes per record), never record by record. `meta` (values shared by
-        every record, such as a tick) goes into each of those messages. Columns may be numpy
+        every record, such as a tick) goes into each of those messages; `stamp` names a field
+        of it set to the time (`time.time()`) each message is made. Columns may be numpy
         arrays.
         """
         if self._error is not None:
@@ -132,7 +138,9 @@ class BatchPublisher:
                     f: c[start : start + k] for f, c in zip(self.fields, cols, strict=True)
                 },
             }
-            if meta:
+            if stamp is not None:
+                body["meta"] = {**(meta or {}), stamp: time.time()}
+            elif meta:
                 body["meta"] = meta
             data = self.bus.encode(body)
             budget = self.max_bytes + _ENVELOPE_ALLOWANCE

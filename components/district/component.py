@@ -268,6 +268,7 @@ class DistrictServer(Component):
         table = d.table
         pos = np.round(table.pos, 3)
         vel = np.round(table.vel, 3)
+        swarms = np.array(table.swarms, dtype=object)  # group code -> name, indexed at once
         for region in d.own:
             r = rows[region.id]
             updates, halo = self._publishers(region.id)
@@ -281,17 +282,19 @@ class DistrictServer(Component):
                     int(updates.topic.spec.qos),
                     False,
                 )
-            else:
+            else:  # each message says when it was made (`sent`): it leaves as it is made
+                whole = len(r) == len(table)  # the region has every row (flatnonzero: in order)
                 updates.add_columns(
                     {
-                        "id": [table.ids[i] for i in r.tolist()],
+                        "id": table.ids if whole else [table.ids[i] for i in r.tolist()],
                         "x": pos[r, 0],
                         "y": pos[r, 1],
                         "vx": vel[r, 0],
                         "vy": vel[r, 1],
-                        "swarm": [table.swarms[g] for g in table.group[r].tolist()],
+                        "swarm": swarms[table.group[r]].tolist(),
                     },
                     meta,
+                    stamp="sent",
                 )
             margin = self.settings.district_halo
             if margin > 0:
@@ -303,7 +306,7 @@ class DistrictServer(Component):
                     "vy": vel[near, 1],
                 }
                 if len(near):
-                    halo.add_columns(columns, meta)
+                    halo.add_columns(columns, meta, stamp="sent")
                 else:  # an empty halo still says "nobody near the border at this tick"
                     await self.bus.publish_bytes(
                         str(halo.topic),
