@@ -157,6 +157,12 @@ class StepReport(Payload):
     tick: int = Field(ge=0)
     duration: float = Field(ge=0, description="Seconds the step took.")
     entities: int = Field(ge=0)
+    stepped: int = Field(
+        default=0,
+        ge=0,
+        description="Entities stepped this tick: `entities` plus those that then left across a "
+        "border.",
+    )
     regions: dict[str, int] = Field(default_factory=dict, description="Entities per region.")
     swarms: dict[str, int] = Field(default_factory=dict, description="Entities per swarm.")
     handoffs_out: int = Field(default=0, ge=0)

@@ -35,7 +35,7 @@ from components.district.settings import DistrictSettings
 from components.district.store import DistrictStore
 from components.runtime.component import Component
 from store import StoreError, StoreSettings, open_store
-from world import metrics
+from world import flocking, metrics
 from world.geometry import halo_regions
 from world.payloads import (
     DistrictControl,
@@ -93,6 +93,7 @@ class DistrictServer(Component):
     # -- wiring ------------------------------------------------------------------------------
     async def main(self, bus: Bus) -> None:
         s = self.settings
+        flocking.warm_up()  # the boids kernel compiled (or loaded) now, not in the first tick
         db = await open_store(StoreSettings(url=s.store_url))
         journal = db
         try:
@@ -162,11 +163,11 @@ class DistrictServer(Component):
         inbox, self.inbox = self.inbox, []
         for name, msg in inbox:
             await self._apply(name, msg)
-        errors = 0
+        errors = stepped = 0
         handoffs_in = d.handoffs_in
         if tick is not None:
             outcome = d.step(tick.tick, tick.dt)
-            errors = outcome.errors
+            errors, stepped = outcome.errors, outcome.stepped
             if errors:
                 self._errors_metric.inc(errors)
         elif inbox or d.ledger.outbound:
@@ -187,7 +188,7 @@ class DistrictServer(Component):
         if self.devices.announce:
             await self.devices.publish()
         if tick is not None:
-            await self._publish_tick(tick, started, errors)
+            await self._publish_tick(tick, started, errors, stepped)
         elif changed:  # paused, yet owners changed: say so (drains and scales wait on it)
             await self._report(d.tick, started)
 
@@ -261,7 +262,9 @@ class DistrictServer(Component):
             ),
         )
 
-    async def _publish_tick(self, tick: Tick, started: float, errors: int = 0) -> None:
+    async def _publish_tick(
+        self, tick: Tick, started: float, errors: int = 0, stepped: int = 0
+    ) -> None:
         d = self.district
         rows = d.region_rows()
         snapshot_due = tick.tick % self.settings.district_snapshot_every == 0
@@ -320,7 +323,7 @@ class DistrictServer(Component):
         for updates, halo in self.publishers.values():
             updates._flush_now()
             halo._flush_now()
-        await self._report(tick.tick, started, rows, tick.sent, errors)
+        await self._report(tick.tick, started, rows, tick.sent, errors, stepped)
 
     async def _report(
         self,
@@ -329,6 +332,7 @@ class DistrictServer(Component):
         rows: dict[str, Any] | None = None,
         sent: float = 0.0,
         errors: int = 0,
+        stepped: int = 0,
     ) -> None:
         d = self.district
         table = d.table
@@ -348,6 +352,7 @@ class DistrictServer(Component):
             tick=tick,
             duration=time.perf_counter() - started,
             entities=len(table),
+            stepped=stepped,
             regions={k: len(v) for k, v in rows.items()},
             swarms=table.count_by_swarm(),
             handoffs_out=d.handoffs_out,

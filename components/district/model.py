@@ -57,6 +57,7 @@ class StepOutcome:
     duration: float
     errors: int
     given: list[Outbound]
+    stepped: int = 0  # entities the behaviours stepped (some may have left across a border)
 
 
 class District:
@@ -208,6 +209,7 @@ class District:
         started = time.perf_counter()
         errors = 0
         table = self.table
+        stepped = len(table) if move else 0
         if move and len(table):
             halo_pos, halo_vel = self._halo()
             result = self.registry.step(
@@ -224,7 +226,7 @@ class District:
             errors = result.errors
         self.tick = tick
         given = self.borders(time.time())
-        return StepOutcome(tick, time.perf_counter() - started, errors, given)
+        return StepOutcome(tick, time.perf_counter() - started, errors, given, stepped)
 
     def borders(self, now: float) -> list[Outbound]:
         """Hand every entity outside our regions to the owner of the region it is in."""

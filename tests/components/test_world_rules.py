@@ -235,8 +235,11 @@ class TestHalo:
         put(right, east)
         left.halo["r0-1"] = (pos[east].copy(), vel[east].copy())
         right.halo["r0-0"] = (pos[west].copy(), vel[west].copy())
-        for d in (whole, left, right):
-            d.step(1, 1.0)
+        outcomes = [d.step(1, 1.0) for d in (whole, left, right)]
+        crossed = len(left.ledger) + len(right.ledger)
+        assert crossed > 0  # some left across the border, after their step: they count
+        assert [o.stepped for o in outcomes] == [n, len(west), len(east)]
+        assert len(left.table) + len(right.table) + crossed == n
         got = {}
         for d in (left, right):
             for i, entity in enumerate(d.table.ids):

@@ -17,11 +17,13 @@ def _boids(n: int, side: float, seed: int) -> Arrays:
     return rng.random((n, 2)) * side, rng.uniform(-1, 1, (n, 2))
 
 
-# Each case takes a different neighbour search: the cell list on a torus (ghost cells), the
-# periodic k-d tree (a torus under three cells wide), the cell list inside walls and in open
-# space, and the k-d tree for sparse open space.
+# Each case takes a different neighbour search: the cell list on a torus (neighbour cells
+# wrapping around; three cells wide is the narrowest it takes), the periodic k-d tree (a torus
+# under three cells wide), the cell list inside walls and in open space, and the k-d tree for
+# sparse open space.
 CASES = {
     "torus-grid": dict(side=60.0, bounds=(0.0, 0.0, 60.0, 60.0), torus=True),
+    "torus-three-cells": dict(side=31.0, bounds=(0.0, 0.0, 31.0, 31.0), torus=True),
     "torus-offset": dict(side=60.0, bounds=(-30.0, 10.0, 30.0, 70.0), torus=True),
     "torus-tree": dict(side=25.0, bounds=(0.0, 0.0, 25.0, 25.0), torus=True),
     "walls": dict(side=60.0, bounds=(0.0, 0.0, 60.0, 60.0), torus=False),
