@@ -25,23 +25,15 @@ import time
 from typing import Any
 
 from bus import Bus, BusSettings
+from components.cli_support import OperationFailed, common_options, run_operation
 from components.mesh_worker.client import MeshClient, MeshRequestError
 from mesh.payloads import GameAction, MeshLeader, MeshStatus
 
 __all__ = ["add_parsers", "run"]
 
 
-class OperationFailed(Exception):
-    """The mesh refused, or did not answer."""
-
-
 def add_parsers(sub: Any) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--mesh", default="main", help="which mesh (default main)")
-    common.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for a leader (default 10)"
-    )
-    common.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    common = common_options("mesh", "mesh", 10.0, "a leader")
     mesh = sub.add_parser("mesh", help="the mesh: status, agents, workers")
     m = mesh.add_subparsers(dest="action", required=True)
     m.add_parser("create", parents=[common], help="record the mesh (its managers must run)")
@@ -276,17 +268,14 @@ async def _play(bus: Bus, args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace, settings: BusSettings) -> int:
-    try:
-        async with Bus(settings, kind="cli") as bus:
-            if args.command == "mesh":
-                await _mesh(bus, args)
-            elif args.play:
-                if not args.player:
-                    raise OperationFailed("--play needs --as NAME (your agent id)")
-                await _play(bus, args)
-            else:
-                await _mafia(bus, args)
-    except OperationFailed as exc:
-        print(f"mapleverse {args.command} {args.action}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    async def handler(bus: Bus, args: argparse.Namespace) -> None:
+        if args.command == "mesh":
+            await _mesh(bus, args)
+        elif args.play:
+            if not args.player:
+                raise OperationFailed("--play needs --as NAME (your agent id)")
+            await _play(bus, args)
+        else:
+            await _mafia(bus, args)
+
+    return await run_operation(args, settings, handler)

@@ -24,6 +24,7 @@ from typing import Any
 
 from bus import Bus, BusSettings, RequestTimeout
 from bus.payloads import RpcRequest
+from components.cli_support import OperationFailed, common_options, run_operation
 from world.payloads import ScaleProgress
 
 __all__ = ["add_parsers", "run"]
@@ -35,17 +36,8 @@ SERVICES = {
 }
 
 
-class OperationFailed(Exception):
-    """The service answered with an error, or did not answer."""
-
-
 def add_parsers(sub: Any) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--world", default="main", help="which world (default main)")
-    common.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
-    )
-    common.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    common = common_options("world", "world", 5.0, "an answer")
 
     def leaf(parent: Any, name: str, **kw: Any) -> Any:
         return parent.add_parser(name, parents=[common], **kw)
@@ -286,11 +278,5 @@ async def _region(bus: Bus, args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace, settings: BusSettings) -> int:
-    try:
-        async with Bus(settings, kind="cli") as bus:
-            handler = {"swarm": _swarm, "world": _world, "region": _region}[args.command]
-            await handler(bus, args)
-    except OperationFailed as exc:
-        print(f"mapleverse {args.command} {args.action}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    handler = {"swarm": _swarm, "world": _world, "region": _region}[args.command]
+    return await run_operation(args, settings, handler)
