@@ -110,6 +110,19 @@ class EntityTable:
     def rows_of(self, ids: Iterable[str]) -> npt.NDArray[np.intp]:
         return np.fromiter((self.index[i] for i in ids if i in self.index), dtype=np.intp)
 
+    def ids_of(self, rows: npt.NDArray[np.intp]) -> list[str]:
+        """The ids at `rows` (distinct indices in order, as `np.flatnonzero` gives them). When
+        they are every row this is the table's own list, not a copy: read it before the table
+        changes (the publishers encode it at once)."""
+        if len(rows) == len(self.ids):
+            return self.ids
+        return [self.ids[i] for i in rows.tolist()]
+
+    def swarms_of(self, rows: npt.NDArray[np.intp]) -> list[str]:
+        """The swarm names at `rows`, gathered by numpy rather than a loop in Python."""
+        names: list[str] = np.array(self.swarms, dtype=object)[self.group[rows]].tolist()
+        return names
+
     def columns(self, rows: npt.NDArray[Any] | None = None) -> EntityColumns:
         """The entities at `rows` (a boolean mask or indices; all when None) as columns."""
         if rows is None:
@@ -119,12 +132,12 @@ class EntityTable:
         pos = self.pos[rows]
         vel = self.vel[rows]
         return EntityColumns.model_construct(
-            id=[self.ids[int(r)] for r in rows],
+            id=[self.ids[r] for r in rows.tolist()],
             x=pos[:, 0].tolist(),
             y=pos[:, 1].tolist(),
             vx=vel[:, 0].tolist(),
             vy=vel[:, 1].tolist(),
-            swarm=[self.swarms[int(g)] for g in self.group[rows]],
+            swarm=self.swarms_of(rows),
             ov=self.ov[rows].tolist(),
         )
 

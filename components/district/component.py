@@ -271,7 +271,6 @@ class DistrictServer(Component):
         table = d.table
         pos = np.round(table.pos, 3)
         vel = np.round(table.vel, 3)
-        swarms = np.array(table.swarms, dtype=object)  # group code -> name, indexed at once
         for region in d.own:
             r = rows[region.id]
             updates, halo = self._publishers(region.id)
@@ -286,15 +285,14 @@ class DistrictServer(Component):
                     False,
                 )
             else:  # each message says when it was made (`sent`): it leaves as it is made
-                whole = len(r) == len(table)  # the region has every row (flatnonzero: in order)
                 updates.add_columns(
                     {
-                        "id": table.ids if whole else [table.ids[i] for i in r.tolist()],
+                        "id": table.ids_of(r),
                         "x": pos[r, 0],
                         "y": pos[r, 1],
                         "vx": vel[r, 0],
                         "vy": vel[r, 1],
-                        "swarm": swarms[table.group[r]].tolist(),
+                        "swarm": table.swarms_of(r),
                     },
                     meta,
                     stamp="sent",
@@ -435,8 +433,8 @@ class DistrictServer(Component):
         x, y = np.round(table.pos[rows], 3).T.copy()
         vx, vy = np.round(table.vel[rows], 3).T.copy()
         ov = table.ov[rows]
-        ids = [table.ids[i] for i in rows.tolist()]
-        swarms = [table.swarms[g] for g in table.group[rows].tolist()]
+        ids = table.ids_of(rows)
+        swarms = table.swarms_of(rows)
         head = {
             "world": self.world,
             "region": region_id,

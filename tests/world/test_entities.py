@@ -30,3 +30,9 @@ def test_removing_any_rows_keeps_the_table_consistent() -> None:
             assert table.pos[row].tolist() == [xs[i], xs[i] * 2]
             assert table.vel[row, 0] == -xs[i] and table.ov[row] == i
             assert table.swarms[table.group[row]] == ("a" if i % 3 else "b")
+        some = np.sort(rng.choice(len(table), size=min(len(table), 7), replace=False))
+        assert table.ids_of(some) == [table.ids[r] for r in some]
+        assert table.swarms_of(some) == [table.swarms[table.group[r]] for r in some]
+        everyone = np.arange(len(table))
+        assert table.ids_of(everyone) == table.ids
+        assert table.swarms_of(everyone) == ["a" if int(e[1:]) % 3 else "b" for e in table.ids]
