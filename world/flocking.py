@@ -30,6 +30,7 @@ before a district's first tick. `benchmarks/flocking.py` measures the kernel aga
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # scipy (below) ships no type information: its imports are ignored, with `unused-ignore`
 # in case a mypy override for scipy is added.
@@ -182,7 +183,17 @@ def _cell_kernel(
     return turn_x, turn_y, count
 
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator, unused-ignore]
+def _compiled(function: Any) -> Any:
+    """`function` compiled by numba, cached on disk where numba finds a writable place (beside
+    the source, or `NUMBA_CACHE_DIR`, or the user's cache); without one, compiled at each start
+    (numba refuses `cache=True` when it has nowhere to write)."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError:
+        return njit(nogil=True)(function)
+
+
+@_compiled
 def _walk_cells(
     x: FloatArray,
     y: FloatArray,
