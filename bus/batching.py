@@ -149,19 +149,28 @@ class BatchPublisher:
                     raise PacketTooLarge(len(data), budget, topic=self.topic)
                 self._chunk = max(1, int(k * budget * 0.95 / len(data)))
                 continue
-            if (
-                self._outbox
-                or not self._now
-                or not self.bus.publish_now(self._topic, data, self._retain)
-            ):
-                self._outbox.append(data)
+            self._emit(data)
             self.batches += 1
             self.records += k
             start += k
             if len(data) < budget * 0.8 and k == self._chunk:
                 self._chunk = max(k + 1, int(k * budget * 0.9 / len(data)))
-        if self._outbox and (self._sender is None or self._sender.done()):
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+
+    def add_empty(self, meta: Mapping[str, Any] | None = None, *, stamp: str | None = None) -> None:
+        """One message of no records (`n` 0), behind every batch before it: a stream that is
+        empty now says so (a region nobody is left in). `meta` and `stamp` as in
+        `add_columns`."""
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        self._flush_now()
+        body: dict[str, Any] = {"n": 0, "columns": {f: [] for f in self.fields}}
+        if stamp is not None:
+            body["meta"] = {**(meta or {}), stamp: time.time()}
+        elif meta:
+            body["meta"] = meta
+        self._emit(self.bus.encode(body))
+        self.batches += 1
 
     def add_many(self, records: Sequence[Sequence[Any]]) -> None:
         for record in records:
@@ -190,10 +199,19 @@ class BatchPublisher:
 
     def _flush_now(self) -> None:
         data = self._take()
-        if data is None:
-            return
-        if not self._outbox and self._now and self.bus.publish_now(self._topic, data, self._retain):
-            return
+        if data is not None:
+            self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        """Hand an encoded batch on, behind any still queued: to the socket at once where it
+        can go without waiting (QoS 0, nothing queued), else to the one sender."""
+        if not self._outbox and self._now:
+            try:
+                if self.bus.publish_now(self._topic, data, self._retain):
+                    return
+            except BusError as exc:  # raised by the next add, as the sender's errors are
+                self._error = exc
+                return
         self._outbox.append(data)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_all())

@@ -356,7 +356,7 @@ class Bus:
             conn = self._conn
             if conn is None:
                 raise NotConnected(f"{self.client_id} is not connected; QoS 0 message dropped")
-            if conn.write_paused:
+            while conn.write_paused:  # another writer may have filled it again first
                 await conn.drain()
             conn.write_publish(btopic, data, 0, retain, 0, False)
             self.metrics.published.inc()
@@ -366,7 +366,7 @@ class Bus:
         pid = self._inflight.add(btopic, data, retain, done)
         conn = self._conn
         if conn is not None:
-            if conn.write_paused:
+            while conn.write_paused:  # another writer may have filled it again first
                 await conn.drain()
             conn.write_publish(btopic, data, 1, retain, pid, False)
         self.metrics.published.inc()

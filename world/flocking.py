@@ -125,6 +125,8 @@ def _turns(
 ) -> tuple[FloatArray, FloatArray, NDArray[np.int64]]:
     """Per boid (the first `n` points of `local`): the sums of the turn's x and y terms over its
     neighbours, and how many it has."""
+    if not np.isfinite(local).all():  # a NaN would index outside the kernel's cells
+        raise ValueError("boid positions must be finite")
     radius = params.vision
     cell = radius * (1 + 1e-9)  # a margin, so that rounding cannot split a pair two cells apart
     x, y = local[:, 0], local[:, 1]

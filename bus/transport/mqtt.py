@@ -210,7 +210,7 @@ class MqttConnection(Connection):
 
     @property
     def write_paused(self) -> bool:
-        return self._p.write_paused
+        return self._p.write_paused and not self._p.closed  # a closed one never drains
 
     async def drain(self) -> None:
         await self._p.drained.wait()

@@ -276,14 +276,7 @@ class DistrictServer(Component):
             updates, halo = self._publishers(region.id)
             meta = {"tick": tick.tick, "region": region.id, "sent": time.time()}
             if not len(r):  # an empty region says so too: nobody is left there
-                await self.bus.publish_bytes(
-                    str(updates.topic),
-                    self.bus.encode(
-                        {"n": 0, "columns": {f: [] for f in UPDATE_FIELDS}, "meta": meta}
-                    ),
-                    int(updates.topic.spec.qos),
-                    False,
-                )
+                updates.add_empty(meta, stamp="sent")
             else:  # each message says when it was made (`sent`): it leaves as it is made
                 updates.add_columns(
                     {
@@ -309,12 +302,7 @@ class DistrictServer(Component):
                 if len(near):
                     halo.add_columns(columns, meta, stamp="sent")
                 else:  # an empty halo still says "nobody near the border at this tick"
-                    await self.bus.publish_bytes(
-                        str(halo.topic),
-                        self.bus.encode({"n": 0, "columns": columns, "meta": meta}),
-                        int(halo.topic.spec.qos),
-                        False,
-                    )
+                    halo.add_empty(meta, stamp="sent")
             if snapshot_due:
                 await self._snapshot_region(region.id, r, tick)
         self._maybe_persist()

@@ -168,3 +168,43 @@ async def test_columns_of_different_lengths_are_refused(buses: tuple[Bus, Bus]) 
         batcher.add_columns({"a": [1, 2], "b": [1]})
     with pytest.raises(ValueError, match="missing column 'b'"):
         batcher.add_columns({"a": [1]})
+
+
+async def test_batches_and_empty_messages_keep_their_order_while_the_socket_pushes_back(
+    buses: tuple[Bus, Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QoS 0 batch goes to the socket at once only when nothing waits before it: while the
+    connection pushes back (here: room for 3 messages per drain), batches queue, and an empty
+    message (a region nobody is left in) queues behind them instead of overtaking them."""
+    pub, sub_bus = buses
+    topic = pub.topics.probe.stream(id="pushback")
+    assert int(topic.spec.qos) == 0
+    sub = await sub_bus.subscribe(topic)
+    conn = pub._conn
+    assert conn is not None
+    kind = type(conn)
+    room = [0]
+    write = kind.write_publish
+
+    def write_publish(self: Any, *args: Any) -> None:
+        room[0] -= 1
+        write(self, *args)
+
+    async def drain(self: Any) -> None:
+        await asyncio.sleep(0.001)
+        room[0] = 3
+
+    monkeypatch.setattr(kind, "write_paused", property(lambda self: room[0] <= 0))
+    monkeypatch.setattr(kind, "drain", drain)
+    monkeypatch.setattr(kind, "write_publish", write_publish)
+    batcher = pub.batcher(topic, ("i",))
+    batcher.add_columns({"i": list(range(6000))}, {"tick": 1}, stamp="sent")  # many messages
+    batcher.add_empty({"tick": 2}, stamp="sent")
+    got: list[Message[Batch]] = []
+    while not got or got[-1].payload.n:
+        got.append(await sub.get(TIMEOUT))
+    assert len(got) > 10
+    assert [r[0] for m in got for r in rows(m.payload)] == list(range(6000))
+    assert [m.payload.meta["tick"] for m in got] == [1] * (len(got) - 1) + [2]
+    sent = [m.payload.meta["sent"] for m in got]
+    assert sent == sorted(sent)  # each stamped when it was made, in order

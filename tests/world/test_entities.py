@@ -35,4 +35,5 @@ def test_removing_any_rows_keeps_the_table_consistent() -> None:
         assert table.swarms_of(some) == [table.swarms[table.group[r]] for r in some]
         everyone = np.arange(len(table))
         assert table.ids_of(everyone) == table.ids
+        assert table.ids_of(everyone) is not table.ids  # a copy: the table may change after
         assert table.swarms_of(everyone) == ["a" if int(e[1:]) % 3 else "b" for e in table.ids]

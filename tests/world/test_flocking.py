@@ -166,3 +166,8 @@ def test_bad_input_is_refused() -> None:
         flock_step(pos, vel, FlockParams(), halo_pos=np.ones((2, 2)))
     with pytest.raises(ValueError, match="vision"):
         FlockParams(vision=0.0)
+    nan = pos.copy()
+    nan[2, 0] = np.nan  # on a torus of an even number of cells a NaN indexed outside them
+    for torus in (True, False):
+        with pytest.raises(ValueError, match="finite"):
+            flock_step(nan, vel.copy(), FlockParams(vision=1.0), bounds=(0, 0, 10, 10), torus=torus)
