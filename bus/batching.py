@@ -4,12 +4,15 @@
         b.add(("d1", 1.0, 2.0))          # never blocks; flushes by size or latency bound
         await b.add_async(record)        # same, but waits while the bus applies backpressure
         b.add_columns({"id": ids, "x": xs, "y": ys})   # many records at once: the fast path
+        b.add_empty({"tick": 7})         # "nothing now", in order behind what came before
         await b.wait_sent()              # backpressure for the columnar path
 
 A batch is flushed when the next record would take the encoded message past the broker's
 packet limit (the size is tracked as records are added, so no message is ever refused), when it
 holds `max_records`, or `max_delay` seconds after its first record: whichever comes first.
 On the wire a batch is the `Batch` payload: `{"n": 3, "columns": {"id": [...], "x": [...]}}`.
+On a QoS 0 topic each batch is written to the socket as soon as it is made, unless earlier
+ones still wait for it (the connection pushing back): then it queues behind them.
 """
 
 from __future__ import annotations
