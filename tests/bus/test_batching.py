@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from bus import BatchPublisher, Bus, BusSettings, MemoryBroker, Message, Subscri
 from bus.errors import PacketTooLarge, TopicError
 from bus.payloads import Batch
 from bus.transport import packets
+from bus.transport.base import Connection, ConnectParams, Sink, Transport
 
 TIMEOUT = 2.0
 FIELDS = ("id", "x", "y", "note")
@@ -170,40 +171,76 @@ async def test_columns_of_different_lengths_are_refused(buses: tuple[Bus, Bus]) 
         batcher.add_columns({"a": [1]})
 
 
+class _PushingBack(Connection):
+    """A connection whose socket takes `room` messages, then pushes back until drained."""
+
+    def __init__(self, inner: Connection, room: int) -> None:
+        self.inner, self.room, self.left = inner, room, 0
+
+    def write_publish(
+        self, topic: bytes, payload: bytes, qos: int, retain: bool, pid: int, dup: bool
+    ) -> None:
+        self.left -= 1
+        self.inner.write_publish(topic, payload, qos, retain, pid, dup)
+
+    @property
+    def write_paused(self) -> bool:
+        return self.left <= 0
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0.001)
+        self.left = self.room
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        return await self.inner.subscribe(filters)
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        await self.inner.unsubscribe(filters)
+
+    def pause_reading(self) -> None:
+        self.inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.inner.resume_reading()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+class _PushingBackTransport(Transport):
+    def __init__(self, inner: Transport, room: int) -> None:
+        self.inner, self.room = inner, room
+
+    async def connect(self, params: ConnectParams, sink: Sink) -> Connection:
+        return _PushingBack(await self.inner.connect(params, sink), self.room)
+
+
 async def test_batches_and_empty_messages_keep_their_order_while_the_socket_pushes_back(
-    buses: tuple[Bus, Bus], monkeypatch: pytest.MonkeyPatch
+    root: str,
 ) -> None:
     """A QoS 0 batch goes to the socket at once only when nothing waits before it: while the
     connection pushes back (here: room for 3 messages per drain), batches queue, and an empty
     message (a region nobody is left in) queues behind them instead of overtaking them."""
-    pub, sub_bus = buses
-    topic = pub.topics.probe.stream(id="pushback")
-    assert int(topic.spec.qos) == 0
-    sub = await sub_bus.subscribe(topic)
-    conn = pub._conn
-    assert conn is not None
-    kind = type(conn)
-    room = [0]
-    write = kind.write_publish
-
-    def write_publish(self: Any, *args: Any) -> None:
-        room[0] -= 1
-        write(self, *args)
-
-    async def drain(self: Any) -> None:
-        await asyncio.sleep(0.001)
-        room[0] = 3
-
-    monkeypatch.setattr(kind, "write_paused", property(lambda self: room[0] <= 0))
-    monkeypatch.setattr(kind, "drain", drain)
-    monkeypatch.setattr(kind, "write_publish", write_publish)
-    batcher = pub.batcher(topic, ("i",))
-    batcher.add_columns({"i": list(range(6000))}, {"tick": 1}, stamp="sent")  # many messages
-    batcher.add_empty({"tick": 2}, stamp="sent")
-    got: list[Message[Batch]] = []
-    while not got or got[-1].payload.n:
-        got.append(await sub.get(TIMEOUT))
-    assert len(got) > 10
+    broker = MemoryBroker()
+    pub = Bus(
+        BusSettings(root=root, client_id=f"{root}-pub", max_packet_size=2048),
+        transport=_PushingBackTransport(broker.transport(), room=3),
+    )
+    sub_bus = Bus(BusSettings(root=root, client_id=f"{root}-sub"), transport=broker.transport())
+    async with pub, sub_bus:
+        topic = pub.topics.probe.stream(id="pushback")
+        assert int(topic.spec.qos) == 0
+        sub = await sub_bus.subscribe(topic)
+        batcher = pub.batcher(topic, ("i",))
+        batcher.add_columns({"i": list(range(6000))}, {"tick": 1}, stamp="sent")
+        batcher.add_empty({"tick": 2}, stamp="sent")
+        got: list[Message[Batch]] = []
+        while not got or got[-1].payload.n:
+            got.append(await sub.get(TIMEOUT))
+    assert len(got) > 10  # many messages, most of them queued behind the push-back
     assert [r[0] for m in got for r in rows(m.payload)] == list(range(6000))
     assert [m.payload.meta["tick"] for m in got] == [1] * (len(got) - 1) + [2]
     sent = [m.payload.meta["sent"] for m in got]
