@@ -26,10 +26,17 @@ Id = str
 
 
 class RaftPacket(Payload):
-    """One Raft message (`mesh.messages`, as `to_dict()` gives it) for the manager `to`."""
+    """One Raft message (`mesh.messages`, as `to_dict()` gives it) for the manager `to`.
+
+    A leader stamps each AppendEntries (`stamp`: when it sent it, on its own clock) and the
+    follower's answer carries the stamp back (`answers`): the leader's lease counts from when
+    it asked, not from when an answer happened to be read (after a pause, answers that waited
+    in the socket would otherwise make a deposed leader believe it still leads)."""
 
     to: Id
     message: dict[str, Any]
+    stamp: float | None = None
+    answers: float | None = None
 
 
 class MeshLeader(Payload):

@@ -10,8 +10,9 @@ Subscribes                                  Publishes
 Every call into the (pure, synchronous) `RaftNode` is followed by one flush of what it wrote to
 the store, and only then are its votes and acknowledgements sent: a vote or an accepted entry
 is durable before anyone hears of it. (The leader's own AppendEntries go out before its flush,
-as Raft §10.2.1 allows: their answers are handled only after it.) Only the leader answers requests; a write request is answered once its entry is
-committed and applied, with what applying it gave. The leader also writes the applied state
+as Raft §10.2.1 allows: their answers are handled only after it.) Only the leader answers
+requests (`handlers.py`); a write request is answered once its entry is committed and
+applied, with what applying it gave. The leader also writes the applied state
 for everyone to read (`FencedStore`), stamped with its term: a leader that was paused and
 deposed writes nothing.
 """
@@ -23,7 +24,6 @@ import contextlib
 import functools
 import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +31,7 @@ import orjson
 
 from bus import Bus, BusError, PacketTooLarge, Subscription
 from components.mesh_manager.games import GameMaster, mafia_rules
+from components.mesh_manager.handlers import MeshRequests
 from components.mesh_manager.health import WorkerHealth
 from components.mesh_manager.settings import MeshManagerSettings
 from components.mesh_manager.store import Fenced, FencedStore, MeshLogStore, PendingStorage
@@ -54,18 +55,9 @@ from store import Store, StoreError, StoreSettings, open_store
 
 __all__ = ["MeshManager"]
 
-WRITE_METHODS = {
-    "join": "join",
-    "leave": "leave",
-    "add-agent": "add_agent",
-    "remove-agent": "remove_agent",
-    "update": "update",
-}
 MEMBERSHIP = frozenset({"join", "leave", "add_agent", "remove_agent", "create"})
-COMMIT_TIMEOUT = 5.0
-MAX_COMMAND_BYTES = (
-    16 * 1024
-)  # a log entry; an AppendEntries batches them up to its limit  # seconds a write request waits for its entry to commit
+COMMIT_TIMEOUT = 5.0  # seconds a write request waits for its entry to commit
+MAX_COMMAND_BYTES = 16 * 1024  # a log entry; an AppendEntries batches them up to its limit
 
 
 class MeshManager(Component):
@@ -83,6 +75,7 @@ class MeshManager(Component):
         self.state = MeshState(self.mesh)
         self.state.game_rules = mafia_rules
         self.games = GameMaster(self)
+        self.requests = MeshRequests(self)
         self.node: RaftNode | None = None
         self.db: Store | None = None
         self.fenced: FencedStore | None = None
@@ -94,7 +87,7 @@ class MeshManager(Component):
         self._led_term = 0  # the term this node last became leader in
         self._announced = 0  # the term it last announced itself leader in
         self._term_start = 0  # the index of its first entry as leader (its no-op)
-        self._acked: dict[str, float] = {}  # peer -> when it last answered this leader
+        self._acked: dict[str, float] = {}  # peer -> when we sent the latest it answered
         self._leader_since = 0.0
         self.health = WorkerHealth(self)
         self._peer_seen: dict[str, float] = {}
@@ -167,8 +160,11 @@ class MeshManager(Component):
             await self.db.close()
 
     # -- driving the Raft node ------------------------------------------------------------------
-    async def _step(self, work: Callable[[float], list[Envelope]]) -> None:
-        """Run `work` on the node, persist what it wrote, apply what committed, then send."""
+    async def _step(
+        self, work: Callable[[float], list[Envelope]], answering: tuple[str, float] | None = None
+    ) -> None:
+        """Run `work` on the node, persist what it wrote, apply what committed, then send.
+        `answering`: the peer and stamp of the AppendEntries being answered (echoed back)."""
         assert self.node is not None and self._log_store is not None and self._storage
         async with self._lock:
             if self._broken is not None:
@@ -195,13 +191,19 @@ class MeshManager(Component):
                 raise
             self._apply_committed()
             for envelope in later:
-                await self._send(envelope)
+                echo = None
+                if answering is not None and envelope.to == answering[0]:
+                    echo = answering[1] if type(envelope.message) is AppendResponse else None
+                await self._send(envelope, echo)
             await self._after_step()
         self._wake.set()
 
-    async def _send(self, envelope: Envelope) -> None:
+    async def _send(self, envelope: Envelope, answers: float | None = None) -> None:
         topic = self.topics["mesh.raft"].build(mesh=self.mesh, node=envelope.to)
-        packet = RaftPacket(to=envelope.to, message=envelope.message.to_dict())
+        stamp = time.monotonic() if type(envelope.message) is AppendEntries else None
+        packet = RaftPacket(
+            to=envelope.to, message=envelope.message.to_dict(), stamp=stamp, answers=answers
+        )
         try:
             await self.bus.publish(topic, packet)
         except PacketTooLarge as exc:  # never expected: batches and commands are capped
@@ -224,14 +226,18 @@ class MeshManager(Component):
                 )
                 continue
             self._peer_seen[message.sender] = time.time()
+            asked = msg.payload.answers  # when we sent what this answers (our clock)
             if (
                 type(message) is AppendResponse
                 and node.role is Role.LEADER
                 and message.term == node.term
+                and asked is not None
             ):
-                self._acked[message.sender] = time.monotonic()
+                self._acked[message.sender] = max(asked, self._acked.get(message.sender, asked))
+            stamp = msg.payload.stamp
+            answering = (message.sender, stamp) if stamp is not None else None
             try:
-                await self._step(functools.partial(_receive, node, message))
+                await self._step(functools.partial(_receive, node, message), answering)
             except RaftError as exc:  # a message no correct peer sends (a forged one)
                 await self.bus.dead_letter(msg, f"refused by Raft: {exc}")
                 continue
@@ -249,10 +255,12 @@ class MeshManager(Component):
         self._state_dirty.set()
 
     def has_lease(self) -> bool:
-        """Whether this node leads and a majority answered it within the shortest election
-        timeout: no other leader can have been elected meanwhile. Only then does it publish
-        what a leader publishes (a leader that was paused or cut off learns of a newer term
-        only from a message it may not have read yet)."""
+        """Whether this node leads and a majority answered AppendEntries it sent within the
+        shortest election timeout: no other leader can have been elected meanwhile. Only then
+        does it publish what a leader publishes (a leader that was paused or cut off learns of
+        a newer term only from a message it may not have read yet). The time counts from when
+        it sent what was answered, not when the answer was read: answers that waited in the
+        socket through a pause prove nothing about now."""
         node = self.node
         if node is None or node.role is not Role.LEADER:
             return False
@@ -343,95 +351,13 @@ class MeshManager(Component):
         still being answered waits for that answer instead of running twice."""
         request = args.get("request")
         if not isinstance(request, str):
-            return await self._handle(method, args)
+            return await self.requests(method, args)
         running = self._inflight.get(request)
         if running is None:
-            running = asyncio.get_running_loop().create_task(self._handle(method, args))
+            running = asyncio.get_running_loop().create_task(self.requests(method, args))
             self._inflight[request] = running
             running.add_done_callback(lambda _: self._inflight.pop(request, None))
         return await asyncio.shield(running)
-
-    async def _handle(self, method: str, args: dict[str, Any]) -> Any:
-        if method in WRITE_METHODS:
-            command = {**args, "op": WRITE_METHODS[method]}
-            command.setdefault("request", uuid.uuid4().hex)
-            return await self.propose(command)
-        if method == "agents":  # through the log: a deposed leader cannot commit it
-            command = {"op": "read", "request": uuid.uuid4().hex}
-            for key in ("agent", "worker"):
-                if args.get(key) is not None:
-                    command[key] = args[key]
-            return await self.propose(command)
-        if method == "status":
-            if not self.has_lease():
-                raise ValueError("not the leader any more; retry")
-            return self._mesh_status().model_dump(mode="json")
-        if method == "create":
-            by = str(args.get("by", "")) or None
-            return await self.propose({"op": "create", "at": time.time(), "by": by})
-        if method == "provision":
-            return await self._provision(args)
-        if method == "terminate":
-            return await self._terminate(args)
-        if method == "mafia-start":
-            return await self.games.start(args)
-        if method == "mafia-story":
-            return await self.games.story(args)
-        raise KeyError(f"unknown method {method!r}; choose one of {sorted(self._methods())}")
-
-    def _methods(self) -> set[str]:
-        return {
-            *WRITE_METHODS,
-            "agents",
-            "status",
-            "create",
-            "provision",
-            "terminate",
-            "mafia-start",
-            "mafia-story",
-        }
-
-    async def _provision(self, args: dict[str, Any]) -> dict[str, Any]:
-        """A worker's place in the mesh and agents `WORKER-a1`..`-aN` for it; what it has
-        already stays (so provisioning again is harmless)."""
-        if "worker" not in args:
-            raise ValueError("provision needs a 'worker'")
-        worker, count = str(args["worker"]), int(args.get("agents", 1))
-        if not 0 <= count <= 1000:
-            raise ValueError(f"agents must be 0 to 1000, got {count}")
-        joined = await self.propose({"op": "join", "worker": worker})
-        if not joined.get("ok"):
-            return joined
-        added: list[str] = []
-        for n in range(1, count + 1):
-            agent = f"{worker}-a{n}"
-            if agent in joined["agents"]:
-                continue
-            result = await self.propose(
-                {"op": "add_agent", "worker": worker, "agent": agent, "state": {}}
-            )
-            if not result.get("ok"):
-                return {**result, "added": added}
-            added.append(agent)
-        agents = sorted({*joined["agents"], *added})
-        return {"ok": True, "worker": worker, "added": added, "agents": agents}
-
-    async def _terminate(self, args: dict[str, Any]) -> dict[str, Any]:
-        """An agent out of the mesh (`agent`), or a worker with all its agents (`worker`)."""
-        agent = args.get("agent")
-        if agent is not None:
-            known = self.state.agents.get(str(agent))
-            if known is None:
-                raise KeyError(f"unknown agent {agent!r} in mesh {self.mesh!r}")
-            return await self.propose(
-                {"op": "remove_agent", "worker": known["worker"], "agent": str(agent)}
-            )
-        if "worker" not in args:
-            raise ValueError("terminate needs a 'worker' or an 'agent'")
-        worker = str(args["worker"])
-        if worker not in self.state.workers:
-            raise KeyError(f"unknown worker {worker!r} in mesh {self.mesh!r}")
-        return await self.propose({"op": "leave", "worker": worker, "reason": "terminated"})
 
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
         """Append `command` to the log; the result of applying it once committed."""
@@ -498,7 +424,7 @@ class MeshManager(Component):
             token = node.fencing_token()
             t = self.topics
             with contextlib.suppress(BusError):
-                await self.bus.publish(t["mesh.status"].build(mesh=self.mesh), self._mesh_status())
+                await self.bus.publish(t["mesh.status"].build(mesh=self.mesh), self.mesh_status())
                 topology = MeshTopology(
                     mesh=self.mesh,
                     leader=self.id,
@@ -536,7 +462,7 @@ class MeshManager(Component):
             return False
         return True
 
-    def _mesh_status(self) -> MeshStatus:
+    def mesh_status(self) -> MeshStatus:
         node = self.node
         assert node is not None
         managers = [ManagerInfo(id=self.id, role=str(node.role), term=node.term)]

@@ -92,6 +92,7 @@ class GameMaster:
         self._bots: dict[str, dict[str, Bot]] = {}
         self._advancing: set[tuple[str, str, int]] = set()
         self._seen: dict[str, int] = {}  # game -> the last event seq its bots observed
+        self._games: dict[str, tuple[Mapping[str, Any], Game]] = {}  # game -> (state, its Game)
         self.wake = asyncio.Event()
 
     @property
@@ -106,6 +107,17 @@ class GameMaster:
         self._bots.clear()
         self._seen.clear()
         self._advancing.clear()
+
+    def game(self, game_id: str, state: Mapping[str, Any]) -> Game:
+        """The `Game` at `state` (a game's entry in the replicated state), built from its dict
+        once: every applied command replaces the entry, so the same entry is the same game.
+        Read it only; changes go through the log."""
+        cached = self._games.get(game_id)
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        game = Game.from_dict(state["rules"])
+        self._games[game_id] = (state, game)
+        return game
 
     # -- requests ---------------------------------------------------------------------------------
     async def start(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +181,7 @@ class GameMaster:
         state = self.manager.state.games.get(game_id)
         if state is None:
             raise KeyError(f"no game {game_id!r} in mesh {self.mesh!r}")
-        game = Game.from_dict(state["rules"])
+        game = self.game(game_id, state)
         return {
             "ok": True,
             "game": game_id,
@@ -211,9 +223,7 @@ class GameMaster:
             command["text"] = action.text
         state = self.manager.state.games.get(game_id)
         refused = (
-            f"no game {game_id!r}"
-            if state is None
-            else Game.from_dict(state["rules"]).check(command)
+            f"no game {game_id!r}" if state is None else self.game(game_id, state).check(command)
         )
         if refused is not None:  # answered at once, and nothing goes into the log
             await self._publish_view(game_id, player, _reply(action.op, {"error": refused}))
@@ -275,7 +285,7 @@ class GameMaster:
         state = self.manager.state.games.get(game_id)
         if state is None:
             return
-        game = Game.from_dict(state["rules"])
+        game = self.game(game_id, state)
         started = state.get("phase_at")
         length = game.deadline_seconds()
         view = game.view("")
@@ -299,7 +309,7 @@ class GameMaster:
 
     async def _publish_view(self, game_id: str, player: str, reply: dict[str, Any] | None) -> None:
         state = self.manager.state.games.get(game_id)
-        game = Game.from_dict(state["rules"]) if state is not None else Game()
+        game = self.game(game_id, state) if state is not None else Game()
         view = game.view(player)
         payload = PlayerView(
             game=game_id,
@@ -332,7 +342,7 @@ class GameMaster:
                 await self._step(game_id, state)
 
     async def _step(self, game_id: str, state: dict[str, Any]) -> None:
-        game = Game.from_dict(state["rules"])
+        game = self.game(game_id, state)
         if game.phase is Phase.OVER or game.phase is Phase.LOBBY:
             return
         key = (game_id, str(game.phase), game.round)

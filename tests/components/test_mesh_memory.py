@@ -20,7 +20,8 @@ from worlds import TIMEOUT
 from components.mesh_manager import MeshManager
 from components.mesh_manager.store import FencedStore
 from components.mesh_worker import MeshClient, MeshRequestError, MeshWorker
-from mesh import Role
+from mesh import AppendResponse, Role
+from mesh.payloads import RaftPacket
 from store import StoreSettings, open_store
 
 
@@ -229,6 +230,18 @@ async def test_a_leader_without_a_majority_stops_speaking_as_leader(
             assert time.monotonic() - lost < TIMEOUT
             await asyncio.sleep(0.02)
         assert leader.role is Role.LEADER  # it still thinks it leads: nobody told it otherwise
+        # Answers read only now, as after a pause (they waited in its socket), answered what it
+        # sent before the others went: they prove nothing about now, and renew no lease.
+        node = leader.node
+        assert node is not None
+        raft = op.topics["mesh.raft"].build(mesh="alpha", node=leader.id)
+        for other in [m for m in MANAGERS if m != leader.id]:
+            late = AppendResponse(
+                term=node.term, follower=other, success=True, match_index=node.commit_index
+            )
+            await op.publish(raft, RaftPacket(to=leader.id, message=late.to_dict(), answers=lost))
+        await asyncio.sleep(0.1)
+        assert not leader.has_lease()
         await asyncio.sleep(0.05)  # a status already on its way may still arrive
         with contextlib.suppress(TimeoutError):
             while True:
