@@ -9,12 +9,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from brokers import BrokerHandle
 
 from bus import BusSettings
 
-__all__ = ["EXAMPLES", "REPO", "bus_settings", "environment", "run_example"]
+__all__ = ["EXAMPLES", "REPO", "bus_settings", "environment", "login", "run_example"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "docs" / "examples"
@@ -60,3 +61,9 @@ async def run_example(name: str, env: dict[str, str], *args: str, code: int = 0)
         raise
     assert proc.returncode == code, f"{name} exited with {proc.returncode}:\n{err.decode()}"
     return out.decode()
+
+
+def login(handle: BrokerHandle, role: str) -> dict[str, Any]:
+    """Settings of a fresh user of `role` on `handle`."""
+    username, password = handle.user(role)
+    return {"host": handle.host, "port": handle.port, "username": username, "password": password}

@@ -1,4 +1,5 @@
-"""The broker the docs tests run their examples against."""
+"""The broker the docs tests run their examples against, and docs/examples/ served for the
+browser tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from brokers import KINDS, BrokerHandle, start_broker
+from browser import serve_pages
 
 # A small user pool: hashing hundreds of users is most of a broker's start-up.
 POOL = {"component": 30, "agent": 10, "device": 2, "operator": 20}
@@ -24,3 +26,10 @@ def docs_broker(
     )
     yield handle
     handle.close()
+
+
+@pytest.fixture
+def pages() -> Iterator[str]:
+    """The base URL of a local HTTP server of docs/examples/ (and the tests' mqtt.js)."""
+    with serve_pages() as base:
+        yield base

@@ -16,27 +16,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import hashlib
-import http.server
 import itertools
 import json
 import math
-import os
 import re
-import shutil
-import signal
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
 from brokers import BrokerHandle
-from docs_support import environment, run_example
+from browser import MQTTJS, chromium, chromium_binary, required
+from docs_support import EXAMPLES, environment, login, run_example
 from helpers import next_matching
-from websockets.asyncio.client import ClientConnection, connect
 
 from bus import Bus, BusSettings, Message, Subscription
 from bus.payloads import Action, AgentState, Observation
@@ -46,30 +40,12 @@ from components.runtime import Component
 from components.scheduler import AgentScheduler, SchedulerSettings
 from world.payloads import AgentError, WorldSnapshot
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "docs" / "examples"
-NODE = REPO / "tests" / "node"
-MQTTJS = NODE / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
+NODE = MQTTJS.parents[3]  # tests/node
 TIMEOUT = 20.0
 OBSERVATIONS = 10  # answered by an agent before it leaves
 
 
-def required(what: str, found: object, hint: str) -> None:
-    """Skip the test when `what` is missing (fail when CI=true)."""
-    if found:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing (CI=true requires it): {hint}")
-    pytest.skip(f"{what} is missing: {hint}")
-
-
 # -- the world ---------------------------------------------------------------------------------
-
-
-def login(handle: BrokerHandle, role: str) -> dict[str, Any]:
-    """Settings of a fresh user of `role` on `handle`."""
-    username, password = handle.user(role)
-    return {"host": handle.host, "port": handle.port, "username": username, "password": password}
 
 
 @contextlib.asynccontextmanager
@@ -209,170 +185,6 @@ async def test_paho_agent_joins_the_world_walks_hears_its_errors_and_leaves(
 
 
 # -- the browser agent -------------------------------------------------------------------------
-
-
-class _Pages(http.server.SimpleHTTPRequestHandler):
-    """docs/examples/ at `/`, and the mqtt.js the tests installed at `/mqtt.min.js`."""
-
-    def translate_path(self, path: str) -> str:
-        if urlsplit(path).path == "/mqtt.min.js":
-            return str(MQTTJS)
-        return super().translate_path(path)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet
-
-
-@pytest.fixture
-def pages() -> Iterator[str]:
-    """The base URL of a local HTTP server of docs/examples/."""
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Pages, directory=str(EXAMPLES))
-    )
-    thread = threading.Thread(target=server.serve_forever, name="test-pages", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: commands and events over one WebSocket,
-    with flat sessions (one per page)."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.last_id = 0
-        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self.console: list[str] = []  # the pages' console and uncaught errors, for failures
-        self.reader = asyncio.create_task(self._read(), name="test-devtools")
-
-    async def _read(self) -> None:
-        async for raw in self.ws:
-            message = json.loads(raw)
-            if "id" in message:
-                reply = self.replies.pop(message["id"])
-                if not reply.done():  # not given up on
-                    reply.set_result(message)
-                continue
-            method, params = message["method"], message.get("params", {})
-            if method == "Runtime.consoleAPICalled":
-                self.console.append(" ".join(str(a.get("value", "")) for a in params["args"]))
-            elif method == "Runtime.exceptionThrown":
-                self.console.append(str(params["exceptionDetails"]))
-            for future in self.waiting.pop(method, []):
-                if not future.done():
-                    future.set_result(params)
-
-    def event(self, method: str) -> asyncio.Future[dict[str, Any]]:
-        """A future of the next event `method` (ask before causing it)."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(method, []).append(future)
-        return future
-
-    async def call(self, method: str, session: str | None = None, **params: Any) -> Any:
-        self.last_id += 1
-        reply = self.replies[self.last_id] = asyncio.get_running_loop().create_future()
-        message: dict[str, Any] = {"id": self.last_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        await self.ws.send(json.dumps(message))
-        answer = await asyncio.wait_for(reply, TIMEOUT)
-        if "error" in answer:
-            raise AssertionError(f"{method}: {answer['error']}; console: {self.console}")
-        return answer["result"]
-
-    async def open(self, url: str) -> Page:
-        """A new tab at `url`, once it has loaded (mqtt.js included)."""
-        target = await self.call("Target.createTarget", url="about:blank")
-        attached = await self.call(
-            "Target.attachToTarget", targetId=target["targetId"], flatten=True
-        )
-        page = Page(self, attached["sessionId"])
-        await self.call("Runtime.enable", page.session)
-        await self.call("Page.enable", page.session)
-        loaded = self.event("Page.loadEventFired")
-        await self.call("Page.navigate", page.session, url=url)
-        await asyncio.wait_for(loaded, TIMEOUT)
-        return page
-
-
-class Page:
-    def __init__(self, devtools: DevTools, session: str) -> None:
-        self.devtools = devtools
-        self.session = session
-
-    async def run(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (a promise is awaited)."""
-        result = await self.devtools.call(
-            "Runtime.evaluate", self.session,
-            expression=expression, awaitPromise=True, returnByValue=True,
-        )  # fmt: skip
-        if "exceptionDetails" in result:
-            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    async def arm(self, kind: str) -> str:
-        """Start listening for the page's next `mapleverse:KIND` event (which the page fires as
-        it shows something); the expression to `run` for its detail once it was caused."""
-        await self.run(
-            f"window.next_{kind} = new Promise(resolve => document.addEventListener("
-            f"'mapleverse:{kind}', e => resolve(e.detail), {{once: true}})); true"
-        )
-        return f"window.next_{kind}"
-
-
-def chromium_binary() -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    required("chromium", binary, "apt-get install chromium (`make services` installs it)")
-    assert binary is not None
-    return binary
-
-
-@contextlib.asynccontextmanager
-async def chromium(binary: str, tmp_path: Path) -> AsyncIterator[DevTools]:
-    """Headless Chromium, driven over its DevTools WebSocket."""
-    proc = await asyncio.create_subprocess_exec(
-        binary, "--headless", "--no-sandbox",  # no sandbox: tests run as root, in containers
-        "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--no-default-browser-check",
-        f"--user-data-dir={tmp_path / 'chromium'}", "--remote-debugging-port=0", "about:blank",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,  # a process group of its own
-    )  # fmt: skip
-    assert proc.stderr is not None
-    log: list[str] = []
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def drain(stream: asyncio.StreamReader) -> None:  # keeps reading: a full pipe blocks it
-        async for raw in stream:
-            line = raw.decode(errors="replace").rstrip()
-            log.append(line)
-            if line.startswith("DevTools listening on ") and not listening.done():
-                listening.set_result(line.removeprefix("DevTools listening on "))
-        if not listening.done():
-            listening.set_exception(AssertionError("chromium exited:\n" + "\n".join(log)))
-
-    draining = asyncio.create_task(drain(proc.stderr), name="test-chromium-stderr")
-    try:
-        url = await asyncio.wait_for(listening, TIMEOUT)
-        async with connect(url, max_size=None) as ws:
-            devtools = DevTools(ws)
-            try:
-                yield devtools
-            finally:
-                devtools.reader.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own group: renderers too
-                await proc.wait()
-        await draining
 
 
 def page_url(pages: str, handle: BrokerHandle, agent: str, root: str) -> str:

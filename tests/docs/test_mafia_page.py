@@ -4,9 +4,9 @@ with a WebSocket listener), each as its own component user; the page logs in as 
 MQTT-over-WebSocket, with the mqtt.js of tests/node served locally.
 
 The browser machinery (a local server of docs/examples/, Chromium over the DevTools protocol)
-is the browser agent's, from test_agents_world.py: this test is skipped, with the reason,
-exactly when that one is (no chromium, or no `npm ci --prefix tests/node`; it fails instead
-when CI=true).
+is tests/browser.py's, as the browser agent's test uses it: this test is skipped, with the
+reason, exactly when that one is (no chromium, or no `npm ci --prefix tests/node`; it fails
+instead when CI=true).
 """
 
 from __future__ import annotations
@@ -22,20 +22,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import test_agents_world
 from brokers import BrokerHandle
-from docs_support import EXAMPLES
+from browser import MQTTJS, TIMEOUT, Page, chromium, chromium_binary, required
+from docs_support import EXAMPLES, login
 from helpers import next_matching
 from meshes import MANAGERS
-from test_agents_world import MQTTJS, TIMEOUT, Page, chromium, chromium_binary, login, required
 
 from bus import Bus, BusSettings, Message, Subscription
 from components.mesh_manager import MeshManager, MeshManagerSettings
 from components.mesh_worker import MeshClient
 from mafia import NAMES, Role, assign_roles
 from mesh.payloads import GameEvent, GameState
-
-pages = test_agents_world.pages  # the fixture: docs/examples/ served on a local port
 
 MESH, GAME = "main", "g1"
 PHASE = 120.0  # seconds of a day and of a night: never reached, everyone acts before
