@@ -10,13 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bus import Message, Subscription
+from bus.transport.base import Connection
 
-__all__ = ["next_matching", "reap", "spawn_component"]
+__all__ = ["WrappedConnection", "next_matching", "reap", "spawn_component"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,3 +83,45 @@ def spawn_component(
             [sys.executable, "-m", "components", "component", name],
             env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
+
+
+class WrappedConnection(Connection):
+    """A connection that hands everything to `inner`: a test's transport overrides what it
+    changes (faults, push-back) and keeps the rest real."""
+
+    def __init__(self, inner: Connection) -> None:
+        self.inner = inner
+        self.session_present = inner.session_present
+
+    def write_publish(
+        self, topic: bytes, payload: bytes, qos: int, retain: bool, pid: int, dup: bool
+    ) -> None:
+        self.inner.write_publish(topic, payload, qos, retain, pid, dup)
+
+    @property
+    def write_paused(self) -> bool:
+        return self.inner.write_paused
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        return await self.inner.subscribe(filters)
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        await self.inner.unsubscribe(filters)
+
+    def pause_reading(self) -> None:
+        self.inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.inner.resume_reading()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def nodelay(self) -> bool | None:
+        return self.inner.nodelay()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import WrappedConnection
 
 from bus import BatchPublisher, Bus, BusSettings, MemoryBroker, Message, Subscription, rows
 from bus.errors import PacketTooLarge, TopicError
@@ -171,11 +172,12 @@ async def test_columns_of_different_lengths_are_refused(buses: tuple[Bus, Bus]) 
         batcher.add_columns({"a": [1]})
 
 
-class _PushingBack(Connection):
+class _PushingBack(WrappedConnection):
     """A connection whose socket takes `room` messages, then pushes back until drained."""
 
     def __init__(self, inner: Connection, room: int) -> None:
-        self.inner, self.room, self.left = inner, room, 0
+        super().__init__(inner)
+        self.room, self.left = room, 0
 
     def write_publish(
         self, topic: bytes, payload: bytes, qos: int, retain: bool, pid: int, dup: bool
@@ -190,24 +192,6 @@ class _PushingBack(Connection):
     async def drain(self) -> None:
         await asyncio.sleep(0.001)
         self.left = self.room
-
-    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
-        return await self.inner.subscribe(filters)
-
-    async def unsubscribe(self, filters: Sequence[str]) -> None:
-        await self.inner.unsubscribe(filters)
-
-    def pause_reading(self) -> None:
-        self.inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.inner.resume_reading()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def abort(self) -> None:
-        self.inner.abort()
 
 
 class _PushingBackTransport(Transport):

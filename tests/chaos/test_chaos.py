@@ -20,14 +20,14 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from brokers import BrokerHandle
-from helpers import next_matching, reap, spawn_component
+from helpers import WrappedConnection, next_matching, reap, spawn_component
 
 from bus import Bus, BusSettings, MemoryBroker, Message, MqttTransport, Subscription
 from bus.payloads import HealthSummary, Heartbeat, Status
@@ -208,50 +208,25 @@ class _Relay:
             self.sink.lost(exc)
 
 
-class _LinkConnection(Connection):
+class _LinkConnection(WrappedConnection):
     def __init__(self, link: Link, inner: Connection, relay: _Relay) -> None:
-        self._link, self._inner, self._relay = link, inner, relay
-        self.session_present = inner.session_present
+        super().__init__(inner)
+        self._link, self._relay = link, relay
 
     def write_publish(
         self, topic: bytes, payload: bytes, qos: int, retain: bool, pid: int, dup: bool
     ) -> None:
         if self._relay.sink is not None:
-            self._inner.write_publish(topic, payload, qos, retain, pid, dup)
-
-    @property
-    def write_paused(self) -> bool:
-        return self._inner.write_paused
-
-    async def drain(self) -> None:
-        await self._inner.drain()
-
-    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
-        return await self._inner.subscribe(filters)
-
-    async def unsubscribe(self, filters: Sequence[str]) -> None:
-        await self._inner.unsubscribe(filters)
-
-    def pause_reading(self) -> None:
-        self._inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._inner.resume_reading()
-
-    async def close(self) -> None:
-        await self._inner.close()
+            self.inner.write_publish(topic, payload, qos, retain, pid, dup)
 
     def abort(self) -> None:
         if not self._link._half_open:
-            self._inner.abort()
+            self.inner.abort()
             return
         sink, self._relay.sink = self._relay.sink, None  # the bus hears nothing more from it
-        self._link.orphans.append(self._inner)
+        self._link.orphans.append(self.inner)
         if sink is not None:
             asyncio.get_running_loop().call_soon(sink.lost, ConnectionResetError("half-open"))
-
-    def nodelay(self) -> bool | None:
-        return self._inner.nodelay()
 
 
 # -- watching -----------------------------------------------------------------------------------
