@@ -16,11 +16,10 @@ sized so the density is always Mesa's boids example (0.01 per unit area) and the
 For each load `N@RATE` and behaviour, after `--warmup` seconds, for `--seconds`:
 
 1. agent-ticks/s: the entities the districts stepped (`stepped` in their step reports: an
-   entity that crossed a border after its step counts too) in the ticks the
-   clock sent in the window, but the last, over the time from the first of those ticks to the
-   last (the clock's own send times: counting whole ticks in a window of the benchmark's own
-   length would be off by up to a tick, 1 % at 10 Hz over 10 s), the dilation (world
-   snapshots), tick duration
+   entity that crossed a border after its step counts too) in the ticks the clock sent in the
+   window but the last, over the time from the first of those ticks to the last (the clock's
+   own send times: counting whole ticks in a window of the benchmark's own length would be off
+   by up to a tick, 1 % at 10 Hz over 10 s); the dilation (world snapshots), tick duration
    p50/p99 against the budget 1/RATE, and every position counted at a subscriber on
    `mv/world/+/region/+/updates` (records received / records the step reports announced);
 2. update latency: subscriber arrival - `meta.sent` (the district's clock when it made the

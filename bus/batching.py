@@ -141,10 +141,8 @@ class BatchPublisher:
                     f: c[start : start + k] for f, c in zip(self.fields, cols, strict=True)
                 },
             }
-            if stamp is not None:
-                body["meta"] = {**(meta or {}), stamp: time.time()}
-            elif meta:
-                body["meta"] = meta
+            if meta or stamp:
+                body["meta"] = _meta(meta, stamp)
             data = self.bus.encode(body)
             budget = self.max_bytes + _ENVELOPE_ALLOWANCE
             if len(data) > budget:
@@ -168,10 +166,8 @@ class BatchPublisher:
             raise err
         self._flush_now()
         body: dict[str, Any] = {"n": 0, "columns": {f: [] for f in self.fields}}
-        if stamp is not None:
-            body["meta"] = {**(meta or {}), stamp: time.time()}
-        elif meta:
-            body["meta"] = meta
+        if meta or stamp:
+            body["meta"] = _meta(meta, stamp)
         self._emit(self.bus.encode(body))
         self.batches += 1
 
@@ -251,6 +247,13 @@ class BatchPublisher:
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(BusError):
             await self.flush()
+
+
+def _meta(meta: Mapping[str, Any] | None, stamp: str | None) -> Mapping[str, Any]:
+    """A message's `meta`: the shared values, and the time it is made under `stamp`."""
+    if stamp is None:
+        return meta or {}
+    return {**(meta or {}), stamp: time.time()}
 
 
 def rows(message_payload: Any) -> list[tuple[Any, ...]]:

@@ -111,9 +111,9 @@ class EntityTable:
         return np.fromiter((self.index[i] for i in ids if i in self.index), dtype=np.intp)
 
     def ids_of(self, rows: npt.NDArray[np.intp]) -> list[str]:
-        """The ids at `rows` (distinct indices in order, as `np.flatnonzero` gives them); every
-        row's is a copy of the table's list (a region that holds the whole district), several
-        times cheaper than gathering them one by one."""
+        """The ids at `rows` (distinct indices in order, as `np.flatnonzero` gives them). When
+        `rows` are all of them (a region that holds the whole district) this is a copy of the
+        table's list, several times cheaper than gathering them one by one."""
         if rows.dtype == bool:
             raise TypeError("ids_of takes row indices, not a mask")
         if len(rows) == len(self.ids):
@@ -134,7 +134,7 @@ class EntityTable:
         pos = self.pos[rows]
         vel = self.vel[rows]
         return EntityColumns.model_construct(
-            id=[self.ids[r] for r in rows.tolist()],
+            id=self.ids_of(rows),
             x=pos[:, 0].tolist(),
             y=pos[:, 1].tolist(),
             vx=vel[:, 0].tolist(),

@@ -137,7 +137,7 @@ def _turns(
             cy = np.minimum((y * (ny / size[1])).astype(np.intp), ny - 1)
             return _cell_kernel(x, y, headings, cx, cy, nx, ny, n, True, size, params)
     else:
-        extent = local.max(axis=0) if len(local) else np.zeros(2)
+        extent = local.max(axis=0)  # never empty: flock_step returns early for no boids
         nx, ny = int(extent[0] // cell) + 1, int(extent[1] // cell) + 1
         if nx * ny <= 4 * len(local) + 1024:  # not a sparse open space
             cx, cy = (x * (1 / cell)).astype(np.intp), (y * (1 / cell)).astype(np.intp)
@@ -196,6 +196,24 @@ def _compiled(function: Any) -> Any:
 
 
 @_compiled
+def _neighbour(index: int, cells: int, torus: bool) -> int:  # pragma: no cover - compiled
+    """A cell index one beyond an edge at most: wrapped on a torus, -1 past a wall."""
+    if torus:
+        return (index + cells) % cells
+    return index if 0 <= index < cells else -1
+
+
+@_compiled
+def _nearest(d: float, width: float, half: float) -> float:  # pragma: no cover - compiled
+    """An offset on a torus `width` wide as its minimum image (it is within one width)."""
+    if d > half:
+        return d - width
+    if d < -half:
+        return d + width
+    return d
+
+
+@_compiled
 def _walk_cells(
     x: FloatArray,
     y: FloatArray,
@@ -244,16 +262,12 @@ def _walk_cells(
         ty = 0.0
         seen = 0
         for dj in range(-1, 2):
-            row = cj + dj
-            if torus:
-                row = (row + ny) % ny
-            elif row < 0 or row >= ny:
+            row = _neighbour(cj + dj, ny, torus)
+            if row < 0:
                 continue
             for di in range(-1, 2):
-                col = ci + di
-                if torus:
-                    col = (col + nx) % nx
-                elif col < 0 or col >= nx:
+                col = _neighbour(ci + di, nx, torus)
+                if col < 0:
                     continue
                 c = row * nx + col
                 for q in range(starts[c], starts[c + 1]):
@@ -262,14 +276,8 @@ def _walk_cells(
                     dx = sx[q] - xi
                     dy = sy[q] - yi
                     if torus:  # the minimum image
-                        if dx > half_x:
-                            dx -= wx
-                        elif dx < -half_x:
-                            dx += wx
-                        if dy > half_y:
-                            dy -= wy
-                        elif dy < -half_y:
-                            dy += wy
+                        dx = _nearest(dx, wx, half_x)
+                        dy = _nearest(dy, wy, half_y)
                     d2 = dx * dx + dy * dy
                     if d2 <= r2:
                         w = cohere - separate if d2 < sep2 else cohere

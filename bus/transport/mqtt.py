@@ -5,7 +5,8 @@ and those clients hide: TCP_NODELAY on the socket (paho never sets it: a QoS 1 r
 Mosquitto took 88 ms without it and 0.32 ms with it, here), a Will built afresh for every
 connection (the Sparkplug epoch), backpressure that stops reading the socket instead of
 queueing without bound or dropping acknowledged messages, and write coalescing (one send per
-event-loop turn, not one per message; large writes go at once). docs/performance.md has the measurements.
+event-loop turn, not one per message; large writes go at once). docs/performance.md has the
+measurements.
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ class DistrictServer(Component):
         for region in d.own:
             r = rows[region.id]
             updates, halo = self._publishers(region.id)
-            meta = {"tick": tick.tick, "region": region.id, "sent": time.time()}
+            meta = {"tick": tick.tick, "region": region.id}  # and `sent`, per message
             if not len(r):  # an empty region says so too: nobody is left there
                 updates.add_empty(meta, stamp="sent")
             else:  # each message says when it was made (`sent`): it leaves as it is made

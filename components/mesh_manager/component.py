@@ -191,19 +191,21 @@ class MeshManager(Component):
                 raise
             self._apply_committed()
             for envelope in later:
-                echo = None
-                if answering is not None and envelope.to == answering[0]:
-                    echo = answering[1] if type(envelope.message) is AppendResponse else None
-                await self._send(envelope, echo)
+                await self._send(envelope, answering)
             await self._after_step()
         self._wake.set()
 
-    async def _send(self, envelope: Envelope, answers: float | None = None) -> None:
+    async def _send(self, envelope: Envelope, answering: tuple[str, float] | None = None) -> None:
+        """Publish one Raft message: an AppendEntries stamped with when it went, an answer to
+        the AppendEntries of `answering` (peer, stamp) carrying its stamp back."""
         topic = self.topics["mesh.raft"].build(mesh=self.mesh, node=envelope.to)
-        stamp = time.monotonic() if type(envelope.message) is AppendEntries else None
-        packet = RaftPacket(
-            to=envelope.to, message=envelope.message.to_dict(), stamp=stamp, answers=answers
-        )
+        message = envelope.message
+        stamp = answers = None
+        if type(message) is AppendEntries:
+            stamp = time.monotonic()
+        elif type(message) is AppendResponse and answering and answering[0] == envelope.to:
+            answers = answering[1]
+        packet = RaftPacket(to=envelope.to, message=message.to_dict(), stamp=stamp, answers=answers)
         try:
             await self.bus.publish(topic, packet)
         except PacketTooLarge as exc:  # never expected: batches and commands are capped

@@ -84,7 +84,7 @@ class Clock:
     def next_at(self) -> float:
         """When the next tick may go: the budget's end, later while districts are still busy
         (at most until the floor's stretch)."""
-        if self._sent_at is None or self._due is None:
+        if self._sent_at is None or self._due is None:  # set together
             return 0.0
         due = self._due + self.budget
         if self._waiting:
@@ -94,7 +94,7 @@ class Clock:
     def ready(self, now: float) -> bool:
         if self.paused:
             return False
-        if self._sent_at is None or self._due is None:
+        if self._sent_at is None or self._due is None:  # set together
             return True
         if now < self._due + self.budget:
             return False
